@@ -1,0 +1,1 @@
+"""maskrl: Mask-GRPO for masked generative text-to-image models."""

@@ -1,0 +1,170 @@
+"""The Show-o architecture on transformers' `PhiForCausalLM`, sized for ShapesWorld.
+
+One unified vocabulary: text tokens (with Show-o's specials) | image codebook | one
+mask token. A text-to-image sequence follows Show-o's layout, text left-padded so
+image tokens sit at fixed positions::
+
+    <pad>.. <|t2i|> <bos> words <eos> <|soi|> img_0 .. img_{N-1} <|eoi|>
+
+Attention is Show-o's omni-attention: causal over the text, bidirectional among the
+image tokens (soi..eoi), padding never attended to; it is passed to Phi as a 4D
+boolean mask. Only image logits are computed, and only over the codebook rows of the
+LM head. Image states are held in *code space*: 0..K-1 are codes, K is the mask.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+
+from maskrl.models.text_tokenizer import build_text_tokenizer
+
+FORMAT = "maskrl-showo/1"
+
+
+@dataclass
+class ShowoConfig:
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_text_len: int = 10  # tokens incl. <bos>/<eos>; the longest ShapesWorld prompt is 8 words
+    codebook_size: int = 7
+    grid_size: int = 16
+    rotary_fraction: float = 0.5
+    # Learned row+column embeddings added to image tokens: gives the 1D RoPE sequence the
+    # grid's 2D neighbourhood from step 0 (measured: base models learn shapes far sooner).
+    image_pos_embed: bool = True
+
+
+class ShowoPolicy(nn.Module):
+    def __init__(self, config: ShowoConfig, tokenizer: PreTrainedTokenizerFast | None = None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer or build_text_tokenizer()
+        self.code_offset = len(self.tokenizer)
+        self.mask_code = config.codebook_size  # code-space id of the mask token
+        self.num_image_tokens = config.grid_size**2
+        self.text_slots = config.max_text_len + 1  # + <|t2i|>
+        self.image_start = self.text_slots + 1  # after <|soi|>
+        self.seq_len = self.image_start + self.num_image_tokens + 1  # + <|eoi|>
+        ids = self.tokenizer.convert_tokens_to_ids
+        self._t2i, self._soi, self._eoi = ids("<|t2i|>"), ids("<|soi|>"), ids("<|eoi|>")
+        self.lm = PhiForCausalLM(
+            PhiConfig(
+                vocab_size=self.code_offset + config.codebook_size + 1,
+                hidden_size=config.hidden_size,
+                intermediate_size=config.intermediate_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads,
+                max_position_embeddings=self.seq_len,
+                partial_rotary_factor=config.rotary_fraction,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attention_dropout=0.0,
+                pad_token_id=self.tokenizer.pad_token_id,
+                bos_token_id=self.tokenizer.bos_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                attn_implementation="sdpa",
+            )
+        )
+        if config.image_pos_embed:
+            self.row_embed = nn.Parameter(torch.randn(config.grid_size, config.hidden_size) * 0.02)
+            self.col_embed = nn.Parameter(torch.randn(config.grid_size, config.hidden_size) * 0.02)
+
+    # -- text ---------------------------------------------------------------------------
+    def encode_prompts(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> (B, text_slots) ids: left padding, then <|t2i|> <bos> words <eos>."""
+        enc = self.tokenizer(list(texts), padding="max_length", max_length=self.config.max_text_len)
+        rows = enc["input_ids"]
+        for text, row in zip(texts, rows):
+            if len(row) > self.config.max_text_len:
+                raise ValueError(f"prompt {text!r} has {len(row)} tokens; max_text_len is {self.config.max_text_len}")
+            if self.tokenizer.unk_token_id in row:
+                raise ValueError(f"prompt {text!r} has a word outside the tokenizer's vocabulary")
+        ids = torch.tensor(rows, dtype=torch.long)
+        pad = ids == self.tokenizer.pad_token_id
+        first = (~pad).float().argmax(dim=1)  # position of <bos>
+        slots = torch.full((len(texts), self.text_slots), self.tokenizer.pad_token_id, dtype=torch.long)
+        slots[:, 1:] = ids
+        slots[torch.arange(len(texts)), first] = self._t2i  # <|t2i|> just before <bos>
+        return slots
+
+    def null_prompts(self, batch: int) -> torch.Tensor:
+        """The empty prompt: condition-free text used for CFG and condition dropout."""
+        return self.encode_prompts([""] * batch)
+
+    # -- sequence -----------------------------------------------------------------------
+    def input_ids(self, text_ids: torch.Tensor, image_state: torch.Tensor) -> torch.Tensor:
+        b = text_ids.shape[0]
+        soi = torch.full((b, 1), self._soi, dtype=torch.long, device=text_ids.device)
+        eoi = torch.full((b, 1), self._eoi, dtype=torch.long, device=text_ids.device)
+        return torch.cat([text_ids, soi, image_state.long() + self.code_offset, eoi], dim=1)
+
+    def attention_mask(self, text_ids: torch.Tensor) -> torch.Tensor:
+        """Omni-attention as a (B, 1, L, L) boolean mask (True = may attend)."""
+        length, dev = self.seq_len, text_ids.device
+        pos = torch.arange(length, device=dev)
+        causal = pos[None, :] <= pos[:, None]
+        in_image = pos >= self.text_slots  # soi .. eoi
+        allowed = causal | (in_image[:, None] & in_image[None, :])
+        key_ok = torch.ones(text_ids.shape[0], length, dtype=torch.bool, device=dev)
+        key_ok[:, : self.text_slots] = text_ids != self.tokenizer.pad_token_id
+        mask = allowed[None] & key_ok[:, None, :]
+        mask |= torch.eye(length, dtype=torch.bool, device=dev)[None]  # pad rows attend to themselves
+        return mask[:, None]
+
+    def forward(self, text_ids: torch.Tensor, image_state: torch.Tensor, attn_mask: torch.Tensor | None = None):
+        """(B, text_slots) text, (B, N) image state in code space -> (B, N, K) codebook logits."""
+        ids = self.input_ids(text_ids, image_state)
+        embeds = self.lm.model.embed_tokens(ids)
+        if self.config.image_pos_embed:
+            pos2d = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(self.num_image_tokens, -1)
+            image = slice(self.image_start, self.image_start + self.num_image_tokens)
+            embeds = torch.cat([embeds[:, : image.start], embeds[:, image] + pos2d, embeds[:, image.stop :]], dim=1)
+        if attn_mask is None:
+            attn_mask = self.attention_mask(text_ids)
+        hidden = self.lm.model(inputs_embeds=embeds, attention_mask=attn_mask).last_hidden_state
+        hidden = hidden[:, self.image_start : self.image_start + self.num_image_tokens]
+        rows = slice(self.code_offset, self.code_offset + self.config.codebook_size)
+        return F.linear(hidden, self.lm.lm_head.weight[rows], self.lm.lm_head.bias[rows])
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def save_policy(policy: ShowoPolicy, directory: str | Path, extra: dict | None = None) -> Path:
+    """Directory checkpoint: config.json, model.safetensors, the HF tokenizer files."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "config": asdict(policy.config), **(extra or {})}
+    state = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
+    save_file(state, out / "model.safetensors")
+    policy.tokenizer.save_pretrained(out)
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def load_policy(directory: str | Path) -> ShowoPolicy:
+    """Load a checkpoint directory written by `save_policy` (no unpickling)."""
+    path = Path(directory)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"checkpoint {str(path)!r} has no {name}; pass a directory written by maskrl "
+                "(`--checkpoint base` names the shipped base model)"
+            )
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    policy = ShowoPolicy(ShowoConfig(**meta["config"]), tokenizer)
+    policy.load_state_dict(load_file(path / "model.safetensors"))
+    return policy
