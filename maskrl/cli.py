@@ -1,8 +1,10 @@
-"""The `maskrl` command line."""
+"""The `maskrl` command line: pretrain, generate, eval, train-local (and train, on Ray)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from maskrl.config import ConfigError, load_config
 
@@ -14,13 +16,90 @@ def _pretrain(args) -> None:
     print(f"checkpoint: {pretrain(cfg)}")
 
 
+def _read_prompts(path: str):
+    from maskrl.world import PromptError, parse_prompt
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"prompt file {path!r} does not exist")
+    lines = file.read_text().splitlines()
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            prompts.append(parse_prompt(line))
+        except PromptError as err:
+            raise ValueError(f"{path}:{number}: {err}") from None
+    if not prompts:
+        raise ValueError(f"prompt file {path!r} holds no prompts")
+    return prompts
+
+
+def _sampling(args):
+    from maskrl.sampling import SamplingConfig
+
+    return SamplingConfig(steps=args.steps, cfg_scale=args.cfg, noise_scale=args.noise)
+
+
+def _generate(args) -> None:
+    from maskrl.evaluation import generate, load_checkpoint
+    from maskrl.world import write_png
+
+    prompts = _read_prompts(args.prompts)
+    policy = load_checkpoint(args.checkpoint)
+    grids = generate(policy, [p.text for p in prompts], args.samples, _sampling(args), args.seed, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, per_prompt in enumerate(grids):
+        for k, grid in enumerate(per_prompt):
+            write_png(grid, out / f"{i:05d}_{k}.png", scale=args.scale)
+    print(f"wrote {grids.shape[0] * grids.shape[1]} images to {out}")
+
+
+def _eval(args) -> None:
+    from maskrl.evaluation import evaluate, load_checkpoint
+
+    prompts = _read_prompts(args.prompts)
+    policy = load_checkpoint(args.checkpoint)
+    print(json.dumps(evaluate(policy, prompts, args.samples, _sampling(args), args.seed, progress=True), indent=2))
+
+
+def _train_local(args) -> None:
+    from maskrl.train_config import TrainConfig
+    from maskrl.train_local import train_local
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    print(f"checkpoint: {train_local(cfg)}")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="base", help="checkpoint directory, or 'base' (default)")
+    p.add_argument("--prompts", required=True, help="text file, one ShapesWorld prompt a line")
+    p.add_argument("--samples", type=int, default=1, help="images per prompt")
+    p.add_argument("--steps", type=int, default=16, help="unmasking steps")
+    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale")
+    p.add_argument("--noise", type=float, default=3.0, help="initial Gumbel noise scale on confidences")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pretrain", help="pre-train a base policy with the masked-token objective")
-    p.add_argument("--config", help="YAML recipe (PretrainConfig)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.set_defaults(func=_pretrain)
+    for name, func, help_ in (
+        ("pretrain", _pretrain, "pre-train a base policy with the masked-token objective"),
+        ("train-local", _train_local, "Mask-GRPO in one process (the reference trainer)"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", help="YAML recipe")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        p.set_defaults(func=func)
+    p = sub.add_parser("generate", help="write {i:05d}_{k}.png for every prompt line i and sample k")
+    _add_sampling_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scale", type=int, default=8, help="pixels per cell in the PNGs")
+    p.set_defaults(func=_generate)
+    p = sub.add_parser("eval", help="print ShapesEval (overall and per category) as JSON")
+    _add_sampling_args(p)
+    p.set_defaults(func=_eval)
     return parser
 
 

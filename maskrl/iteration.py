@@ -1,0 +1,76 @@
+"""The pieces of one Mask-GRPO iteration, shared by the single-process trainer and the Ray
+driver: the resumable prompt stream, rollouts of whole groups, reward attachment, and the
+advantage/filter step that turns a scored batch into a training batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from maskrl.grpo import GRPOConfig, filter_groups, group_advantages
+from maskrl.models import PaletteTokenizer, ShowoPolicy
+from maskrl.rewards import Reward
+from maskrl.sampling import SamplingConfig, sample
+from maskrl.trajectory import TrajectoryBatch
+from maskrl.world import Prompt, PromptSampler
+
+
+class PromptStream:
+    """Prompt i of a run is a pure function of (seed, i): resuming at a position continues exactly."""
+
+    def __init__(self, seed: int, weights: dict[str, float] | None = None, position: int = 0):
+        self.seed, self.position, self._sampler = seed, position, PromptSampler(weights)
+
+    def take(self, n: int) -> list[tuple[int, Prompt]]:
+        out = [(i, self._sampler.sample(np.random.default_rng([self.seed, i]))) for i in range(self.position, self.position + n)]
+        self.position += n
+        return out
+
+
+def rollout_groups(
+    policy: ShowoPolicy, prompts: list[tuple[int, Prompt]], group_size: int, sampling: SamplingConfig,
+    generator: torch.Generator, version: int,
+) -> TrajectoryBatch:
+    """G trajectories for each (stream index, prompt); the group id is the stream index."""
+    texts = [p.text for _, p in prompts for _ in range(group_size)]
+    index = torch.tensor([i for i, _ in prompts for _ in range(group_size)])
+    rollout = sample(policy, texts, sampling, generator)
+    b = len(texts)
+    return TrajectoryBatch(
+        prompts=texts, prompt_ids=policy.encode_prompts(texts), prompt_index=index, group_id=index,
+        tokens=rollout.tokens, reveal_step=rollout.reveal_step, cutoff=rollout.cutoff,
+        behaviour_logprob=rollout.behaviour_logprob, reward=torch.full((b,), float("nan")),
+        advantage=torch.zeros(b), policy_version=torch.full((b,), version), variant=sampling.variant,
+    )
+
+
+def score(batch: TrajectoryBatch, reward: Reward) -> tuple[TrajectoryBatch, dict[str, float]]:
+    """Attach rewards; returns the batch and the reward components' means for logging."""
+    out = reward(PaletteTokenizer().decode(batch.tokens), batch.prompts)
+    comps = {f"reward/{k}": float(np.nanmean(v)) for k, v in out.components.items()}
+    return replace(batch, reward=torch.as_tensor(out.scores, dtype=torch.float32)), comps
+
+
+@dataclass
+class Prepared:
+    batch: TrajectoryBatch  # finite rewards, kept groups, advantages set
+    metrics: dict[str, float]
+
+
+def prepare(batch: TrajectoryBatch, cfg: GRPOConfig) -> Prepared:
+    """Drop non-finite rewards (never trained on), compute advantages, filter flat groups."""
+    finite = torch.isfinite(batch.reward)
+    kept = batch.select(finite.nonzero().squeeze(1))
+    keep, n_filtered = filter_groups(kept.reward, kept.group_id, cfg.min_group_std)
+    kept = kept.select(keep.nonzero().squeeze(1))
+    adv = group_advantages(kept.reward, kept.group_id, cfg.std_normalize, cfg.global_std) if len(kept) else kept.advantage
+    rewards = batch.reward[finite]
+    metrics = {
+        "reward/mean": float(rewards.mean()) if len(rewards) else float("nan"),
+        "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "reward/nonfinite": float((~finite).sum()),
+        "groups/filtered": float(n_filtered),
+        "groups/kept": float(len(torch.unique(kept.group_id))),
+    }
+    return Prepared(replace(kept, advantage=adv), metrics)

@@ -1,0 +1,98 @@
+"""Batched MaskGIT/Show-o decoding that records compact trajectories.
+
+Each step: one forward pass (cond and uncond stacked when CFG is on), sample a token for
+every masked position, score each by log-confidence plus Gumbel noise annealed linearly
+to 0 (without noise background is the most confident token everywhere and objects never
+start), keep the most confident and re-mask the rest so that the cosine schedule's count
+stays masked. What is recorded is enough to rebuild every intermediate state: final
+tokens, the step that revealed each position, per step the cutoff (the smallest noisy
+log-confidence among the tokens revealed at that step) and the behaviour log-prob of the
+transition for the configured variant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from maskrl.models import ShowoPolicy
+from maskrl.schedule import masked_counts
+from maskrl.transition import transition_logprob
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 16
+    cfg_scale: float = 0.0  # Show-o's guidance: (1 + s) * cond - s * uncond
+    temperature: float = 1.0  # softmax temperature of the token distribution
+    noise_scale: float = 3.0  # Gumbel noise on log-confidence at step 0, annealed to 0
+    variant: str = "candidate1"  # transition log-prob recorded as behaviour log-prob
+
+
+@dataclass
+class Rollout:
+    """Compact trajectories of B images: everything the learner needs, nothing more."""
+
+    tokens: torch.Tensor  # (B, N) int64 final codes
+    reveal_step: torch.Tensor  # (B, N) int64 step at which each position was revealed
+    cutoff: torch.Tensor  # (B, T) float32 log-confidence threshold of each step
+    behaviour_logprob: torch.Tensor  # (B, T) float32
+
+
+def noise_at(step: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Gumbel scale on the log-confidences at each step: linear from noise_scale to 0."""
+    return cfg.noise_scale * (1 - (step.double() + 1) / cfg.steps)
+
+
+def step_logprobs(policy: ShowoPolicy, text_ids, null_ids, state, attn_mask, cfg: SamplingConfig) -> torch.Tensor:
+    """(B, N, K) log-probs of the step's token distribution (CFG and temperature applied)."""
+    if cfg.cfg_scale:
+        logits = policy(torch.cat([text_ids, null_ids]), torch.cat([state, state]), attn_mask)
+        cond, uncond = logits.chunk(2)
+        logits = (1 + cfg.cfg_scale) * cond - cfg.cfg_scale * uncond
+    else:
+        logits = policy(text_ids, state, attn_mask)
+    return torch.log_softmax(logits.float() / cfg.temperature, dim=-1)
+
+
+def text_inputs(policy: ShowoPolicy, text_ids: torch.Tensor, cfg: SamplingConfig):
+    """(null ids or None, attention mask) for a batch, built once and reused every step."""
+    if not cfg.cfg_scale:
+        return None, policy.attention_mask(text_ids)
+    null_ids = policy.null_prompts(len(text_ids)).to(text_ids.device)
+    return null_ids, policy.attention_mask(torch.cat([text_ids, null_ids]))
+
+
+@torch.no_grad()
+def sample(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
+    text_ids = policy.encode_prompts(prompts)
+    null_ids, attn_mask = text_inputs(policy, text_ids, cfg)
+    b, n, steps = len(prompts), policy.num_image_tokens, cfg.steps
+    state = torch.full((b, n), policy.mask_code, dtype=torch.long)
+    reveal = torch.full((b, n), steps, dtype=torch.long)
+    cutoff = torch.zeros(b, steps)
+    step_logp, steps_idx = [], torch.arange(steps)
+    noise = noise_at(steps_idx, cfg).float()
+    for t, keep_masked in enumerate(masked_counts(n, steps)):
+        logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, cfg)
+        step_logp.append(logp)
+        masked = state == policy.mask_code
+        sampled = torch.multinomial(logp.exp().reshape(b * n, -1), 1, generator=generator).reshape(b, n)
+        sampled = torch.where(masked, sampled, state)
+        token_logp = logp.gather(-1, sampled[..., None]).squeeze(-1)
+        gumbel = -torch.log(-torch.log(torch.rand(b, n, generator=generator).clamp(1e-20, 1 - 1e-7)))
+        confidence = token_logp + noise[t] * gumbel
+        confidence = confidence.masked_fill(~masked, float("inf"))
+        reveal_now = masked.clone()
+        if keep_masked:
+            stay = confidence.topk(keep_masked, dim=1, largest=False).indices
+            reveal_now.scatter_(1, stay, False)
+        state = torch.where(reveal_now, sampled, state)
+        reveal[reveal_now] = t
+        cutoff[:, t] = confidence.masked_fill(~reveal_now, float("inf")).amin(dim=1)
+    behaviour = torch.stack(
+        [transition_logprob(lp, state, reveal, steps_idx[t].expand(b), cutoff[:, t], noise[t].expand(b), cfg.variant)
+         for t, lp in enumerate(step_logp)],
+        dim=1,
+    )
+    return Rollout(tokens=state, reveal_step=reveal, cutoff=cutoff, behaviour_logprob=behaviour.float())

@@ -1,0 +1,61 @@
+"""The configuration of a Mask-GRPO run (single-process or on Ray)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from maskrl.grpo import GRPOConfig
+from maskrl.sampling import SamplingConfig
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10  # iterations between held-out ShapesEval runs (0: only before and after)
+    prompts: int = 60
+    samples: int = 2
+    seed: int = 1234  # the held-out sample is fixed by this seed, not by the run's seed
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16))
+
+
+@dataclass
+class PoolConfig:
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+
+@dataclass
+class LearnerConfig:
+    ranks: int = 1
+    gpus_per_rank: float = 0.0
+    cpus_per_rank: float = 1.0
+    zero_stage: int = 2
+    backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
+
+
+@dataclass
+class ClusterConfig:
+    rollout: PoolConfig = field(default_factory=lambda: PoolConfig(workers=2))
+    reward: PoolConfig = field(default_factory=PoolConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(ranks=2))
+    mode: str = "sync"  # sync (on-policy) | async (rollouts of k+1 overlap learning on k)
+    weight_transport: str = "object_store"  # object_store | collective
+    max_restarts: int = 3  # a dead actor is replaced at most this many times per pool
+    dashboard_host: str = "127.0.0.1"
+
+
+@dataclass
+class TrainConfig:
+    checkpoint: str = "base"
+    out: str = "runs/train"
+    iterations: int = 20
+    seed: int = 0
+    threads: int = 2  # torch threads per process
+    reward: str = "shapes_rule"
+    category_weights: dict[str, float] | None = None
+    track_kl: bool = True  # load the frozen reference policy to log KL even when kl_coef is 0
+    checkpoint_every: int = 5
+    grid_every: int = 5  # iterations between PNG sample grids
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollout: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=12))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

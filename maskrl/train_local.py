@@ -1,0 +1,89 @@
+"""The single-process Mask-GRPO trainer: setup -> loop -> cleanup, readable top to bottom.
+
+It is also the reference the distributed learner is tested against: the Ray runtime runs
+the same iteration pieces (maskrl.iteration) and the same update (maskrl.grpo).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from maskrl.config import to_yaml
+from maskrl.evaluation import evaluate, held_out_prompts, load_checkpoint
+from maskrl.grpo import grpo_update
+from maskrl.iteration import PromptStream, prepare, rollout_groups, score
+from maskrl.metrics import MetricsLogger, summary_line
+from maskrl.models import save_policy
+from maskrl.rewards import build_reward
+from maskrl.train_config import TrainConfig
+
+
+def make_optimizer(policy, cfg: TrainConfig):
+    g = cfg.grpo
+    optim = torch.optim.AdamW(policy.parameters(), lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(optim, g.warmup_iters, cfg.iterations, min_lr_rate=g.min_lr_ratio)
+    return optim, sched
+
+
+def adamw_step(policy, optim, grad_clip: float):
+    def step(loss: torch.Tensor) -> float:
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+        optim.step()
+        return float(norm)
+
+    return step
+
+
+def eval_metrics(policy, cfg: TrainConfig) -> dict[str, float]:
+    prompts = held_out_prompts(cfg.eval.prompts, cfg.eval.seed)
+    result = evaluate(policy, prompts, cfg.eval.samples, cfg.eval.sampling, seed=cfg.eval.seed)
+    return {f"eval/{k}": v for k, v in result.items() if k != "counts"}
+
+
+def train_local(cfg: TrainConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    policy = load_checkpoint(cfg.checkpoint)
+    reference = load_checkpoint(cfg.checkpoint) if (cfg.grpo.kl_coef or cfg.track_kl) else None
+    if reference is not None:
+        reference.requires_grad_(False)
+    optim, sched = make_optimizer(policy, cfg)
+    reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log = MetricsLogger(run)
+    base = eval_metrics(policy, cfg)
+    log.log(0, base)
+    for it in tqdm(range(1, cfg.iterations + 1), desc="mask-grpo", dynamic_ncols=True):
+        start = time.time()
+        policy.eval()
+        batch = rollout_groups(policy, stream.take(cfg.grpo.prompts_per_iter), cfg.grpo.group_size, cfg.rollout, gen, it - 1)
+        batch, reward_parts = score(batch, reward)
+        prepared = prepare(batch, cfg.grpo)
+        metrics = {**prepared.metrics, **reward_parts}
+        if len(prepared.batch):
+            step = adamw_step(policy, optim, cfg.grpo.grad_clip)
+            update = grpo_update(policy, reference, prepared.batch, cfg.grpo, cfg.rollout, step, gen)
+            metrics.update({f"loss/{k}": v for k, v in update.items()})
+        sched.step()
+        metrics["time/iteration"] = time.time() - start
+        if cfg.eval.every and it % cfg.eval.every == 0 and it != cfg.iterations:
+            metrics.update(eval_metrics(policy, cfg))
+        if it == cfg.iterations:
+            metrics.update(eval_metrics(policy, cfg))
+        log.log(it, metrics)
+        tqdm.write(summary_line(it, metrics))
+        if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+            save_policy(policy, run / "checkpoints" / f"iter_{it:05d}", extra={"iteration": it})
+    log.close()
+    final = run / "checkpoints" / f"iter_{cfg.iterations:05d}"
+    (run / "summary.json").write_text(json.dumps({"base": base, "final": {k: v for k, v in metrics.items() if k.startswith("eval/")}}, indent=2))
+    return final
