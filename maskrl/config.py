@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]
     return f"config key '{key}': {msg}" if key else msg
 
 
