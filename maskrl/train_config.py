@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from maskrl.grpo import GRPOConfig
 from maskrl.sampling import SamplingConfig
@@ -30,6 +31,7 @@ class LearnerConfig:
     cpus_per_rank: float = 1.0
     zero_stage: int = 2
     backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
 
 
 @dataclass
@@ -41,6 +43,9 @@ class ClusterConfig:
     weight_transport: str = "object_store"  # object_store | collective
     max_restarts: int = 3  # a dead actor is replaced at most this many times per pool
     dashboard_host: str = "127.0.0.1"
+    weight_bucket_mb: float = 32.0  # bucket size of the collective weight broadcast
+    groups_per_task: int = 0  # prompt groups per rollout task; 0: the iteration's groups split evenly over the workers
+    placement_timeout_s: float = 120.0  # how long a placement group may wait for resources before failing
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""A `ray.util.collective` backend on a *private* torch.distributed process group.
+
+Why not Ray's built-in GLOO backend: it runs `dist.init_process_group` (the process's
+default group) and makes every later group a subgroup of it. A learner rank already owns
+the default group (DeepSpeed's data-parallel world), so it could never join a second
+world of {learner rank 0, rollout workers}. This backend builds a standalone
+`ProcessGroupGloo` / `ProcessGroupNCCL` from its own TCPStore, leaving the default group
+alone; it is registered with `ray.util.collective.register_collective_backend`, so the
+broadcast itself goes through the ordinary `ray.util.collective` API.
+
+Rendezvous: rank 0 opens the store and publishes `host:port` in Ray's internal KV under
+the group name; the others read it there. Hosts are loopback when every member runs on
+one node (the driver decides, see `actors.pools.rendezvous_hosts`).
+"""
+from __future__ import annotations
+
+import datetime
+import time
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.experimental import internal_kv
+from ray.util import collective
+from ray.util.collective.collective_group.base_collective_group import BaseGroup
+
+GLOO, NCCL = "MASKRL_GLOO", "MASKRL_NCCL"
+TIMEOUT_S = 300.0
+_hosts: dict[str, tuple[str, str]] = {}  # group name -> (store host, this member's bind host)
+
+
+def _kv_key(group: str) -> str:
+    return f"maskrl_collective_store_{group}"
+
+
+class _TorchGroup(BaseGroup):
+    """broadcast / barrier / allreduce on a process group that is not the default one."""
+
+    device = "cpu"
+
+    def __init__(self, world_size: int, rank: int, group_name: str):
+        super().__init__(world_size, rank, group_name)
+        store_host, bind_host = _hosts.pop(group_name)
+        timeout = datetime.timedelta(seconds=TIMEOUT_S)
+        if rank == 0:
+            store = dist.TCPStore(store_host, 0, world_size, True, timeout, wait_for_workers=False)
+            internal_kv._internal_kv_put(_kv_key(group_name), f"{store_host}:{store.port}", overwrite=True)
+        else:
+            deadline = time.time() + TIMEOUT_S
+            while (meta := internal_kv._internal_kv_get(_kv_key(group_name))) is None:
+                if time.time() > deadline:
+                    raise TimeoutError(f"no rendezvous address for collective group {group_name!r} after {TIMEOUT_S}s")
+                time.sleep(0.05)
+            host, port = meta.decode().rsplit(":", 1)
+            store = dist.TCPStore(host, int(port), world_size, False, timeout)
+        self._store = store
+        self._pg = self._make(store, rank, world_size, bind_host, timeout)
+        self.barrier()
+        if rank == 0:
+            internal_kv._internal_kv_del(_kv_key(group_name))
+
+    def _make(self, store, rank, world_size, bind_host, timeout):
+        opts = dist.ProcessGroupGloo._Options()
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=bind_host)]
+        opts._timeout = timeout
+        return dist.ProcessGroupGloo(store, rank, world_size, opts)
+
+    @classmethod
+    def check_backend_availability(cls) -> bool:
+        return dist.is_available()
+
+    def destroy_group(self):
+        self._pg = self._store = None
+
+    @staticmethod
+    def _one(tensor) -> torch.Tensor:
+        (t,) = tensor
+        return torch.from_numpy(t) if not isinstance(t, torch.Tensor) else t
+
+    def broadcast(self, tensor, broadcast_options=None):
+        opts = dist.BroadcastOptions()
+        opts.rootRank = broadcast_options.root_rank if broadcast_options else 0
+        self._pg.broadcast([self._one(tensor)], opts).wait()
+
+    def allreduce(self, tensor, allreduce_options=None):
+        self._pg.allreduce([self._one(tensor)]).wait()
+
+    def barrier(self, barrier_options=None):
+        flag = torch.zeros(1, device=self.device)
+        self._pg.allreduce([flag]).wait()
+
+    def reduce(self, *args, **kwargs):
+        raise NotImplementedError("maskrl's weight group only broadcasts")
+
+    allgather = reducescatter = send = recv = reduce
+
+
+class TorchGlooGroup(_TorchGroup):
+    @classmethod
+    def backend(cls):
+        return GLOO
+
+
+class TorchNcclGroup(_TorchGroup):
+    device = "cuda"
+
+    @classmethod
+    def backend(cls):
+        return NCCL
+
+    @classmethod
+    def check_backend_availability(cls) -> bool:
+        return dist.is_nccl_available() and torch.cuda.is_available()
+
+    def _make(self, store, rank, world_size, bind_host, timeout):
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world_size, opts)
+
+
+def register() -> None:
+    """Idempotent; must run in every process that joins a group (the registry is per process)."""
+    from ray.util.collective.backend_registry import _global_registry
+
+    for name, cls in ((GLOO, TorchGlooGroup), (NCCL, TorchNcclGroup)):
+        if not _global_registry.is_registered(name):
+            collective.register_collective_backend(name, cls)
+
+
+def join(world_size: int, rank: int, group_name: str, store_host: str, bind_host: str, backend: str = GLOO) -> None:
+    """Join (from inside an actor) the group `group_name` through `ray.util.collective`."""
+    register()
+    _hosts[group_name] = (store_host, bind_host)
+    collective.init_collective_group(world_size, rank, backend=backend, group_name=group_name)
+
+
+def leave(group_name: str) -> None:
+    if collective.is_group_initialized(group_name):
+        collective.destroy_collective_group(group_name)
+
+
+def node_address() -> tuple[str, str]:
+    """(node id, node IP) of the calling process."""
+    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()

@@ -1,0 +1,31 @@
+"""Reward workers: decode a trajectory batch's tokens to images and score them with the
+configured reward (`maskrl.iteration.score`); the scored batch goes back to the object store."""
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import ray
+import torch
+
+from maskrl.iteration import score
+from maskrl.rewards import build_reward
+from maskrl.trajectory import TrajectoryBatch
+
+
+@ray.remote
+class RewardWorker:
+    def __init__(self, reward: str, threads: int):
+        torch.set_num_threads(threads)
+        self.reward = build_reward(reward)
+
+    def ready(self) -> bool:
+        return True
+
+    @ray.method(num_returns=2)
+    def score(self, record: pa.RecordBatch):
+        """(the batch with rewards, as a new record batch; {"images", "seconds", reward component means})."""
+        start = time.perf_counter()
+        scored, components = score(TrajectoryBatch.from_arrow(record), self.reward)
+        stats = {"images": len(scored), "seconds": time.perf_counter() - start, **components}
+        return scored.to_arrow(), stats

@@ -1,0 +1,83 @@
+"""Rollout workers: a policy of a known version and the recording sampler.
+
+`generate` turns whole prompt groups into trajectories with `maskrl.iteration.rollout_groups`
+and returns them as an Arrow record batch, which Ray stores in the object store: the caller
+gets an object ref and passes it on (to a reward worker, then the learner) without reading it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+import torch
+
+from actors import collective, weights
+from maskrl.evaluation import generate, load_checkpoint
+from maskrl.iteration import rollout_groups
+from maskrl.sampling import SamplingConfig
+from maskrl.train_config import TrainConfig
+from maskrl.train_local import eval_metrics
+from maskrl.world import parse_prompt
+
+
+class VersionMismatch(RuntimeError):
+    pass
+
+
+def task_seed(seed: int, iteration: int, first_index: int) -> int:
+    """The generator seed of the rollout task whose first group is stream index `first_index`:
+    a task regenerated on another worker reproduces the same trajectories."""
+    return int(np.random.SeedSequence([seed, iteration, first_index, 0x52]).generate_state(1)[0])
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, threads: int, use_gpu: bool = False):
+        torch.set_num_threads(threads)
+        self.device = "cuda" if use_gpu else "cpu"
+        self.policy = load_checkpoint(checkpoint).to(self.device).requires_grad_(False)
+        self.version, self.sampling = version, sampling
+
+    def ready(self) -> int:
+        return self.version
+
+    def address(self) -> tuple[str, str]:
+        return collective.node_address()
+
+    def load_weights(self, version: int, state: dict[str, np.ndarray]) -> int:
+        weights.load_numpy(self.policy, state)
+        self.version = version
+        return version
+
+    def join_group(self, world_size: int, rank: int, name: str, store_host: str, bind_host: str, backend: str) -> None:
+        collective.join(world_size, rank, name, store_host, bind_host, backend)
+
+    def leave_group(self, name: str) -> None:
+        collective.leave(name)
+
+    def receive_weights(self, version: int, group: str, bucket_bytes: int) -> int:
+        weights.broadcast_recv(self.policy, version, group, bucket_bytes, self.device)
+        self.version = version
+        return version
+
+    @ray.method(num_returns=2)
+    def generate(self, prompts: list[tuple[int, str]], group_size: int, seed: int, version: int):
+        """(record batch of len(prompts) * group_size trajectories, small stats); group id = stream index."""
+        if version != self.version:
+            raise VersionMismatch(f"asked for rollouts of policy version {version}, this worker holds {self.version}")
+        start = time.perf_counter()
+        parsed = [(i, parse_prompt(text)) for i, text in prompts]
+        gen = torch.Generator().manual_seed(seed)
+        batch = rollout_groups(self.policy, parsed, group_size, self.sampling, gen, self.version)
+        record = batch.to_arrow()
+        stats = {"images": len(batch), "seconds": time.perf_counter() - start, "bytes": record.nbytes}
+        return record, stats
+
+    def evaluate(self, cfg: TrainConfig) -> dict[str, float]:
+        """Held-out ShapesEval of the current weights (the single-process trainer's `eval_metrics`)."""
+        return eval_metrics(self.policy, cfg) | {"version": float(self.version)}
+
+    def sample_grid(self, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int) -> np.ndarray:
+        """(len(prompts), samples, 16, 16) uint8 palette grids: a few images for the run's PNG grids."""
+        return generate(self.policy, prompts, samples, sampling, seed).astype(np.uint8)

@@ -1,0 +1,51 @@
+"""Smoke test of the core benchmarks: each runs on a tiny model, exits 0 and prints its ratio line.
+
+All four run in one subprocess, one after the other, through their `main(argv)`: the cost
+of a tiny bench is dominated by importing torch/transformers, so that is paid once. A
+failing bench is reported by name with the output so far.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TINY = ["--tiny", "--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"]
+CASES = {
+    "bench_core_rollout.py": (["--ref-images", "2"], r"speedup \(sampler@2 / reference@1\): [\d.]+x"),
+    "bench_core_learner.py": ([], r"speedup \(batched@\d+ / reference@1\): [\d.]+x"),
+    "bench_core_bytes.py": ([], r"compaction \(reference pickled torch / arrow IPC, full record\): [\d.]+x"),
+    "bench_core_mfu.py": (["--matmul-size", "128", "--peak-repeats", "1"], r"MFU \(sampler, median of rounds\): [\d.]+%"),
+}
+
+
+DRIVER = """
+import importlib, sys
+sys.path.insert(0, {bench!r})
+for name, argv in {cases!r}:
+    print(f"=== {{name}}", flush=True)
+    importlib.import_module(name[:-3]).main(argv)
+"""
+
+
+def test_core_benches_run_and_print_their_ratio():
+    cases = [(name, TINY + extra) for name, (extra, _) in CASES.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", DRIVER.format(bench=str(BENCH), cases=cases)], cwd=BENCH.parent,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+    assert proc.returncode == 0, f"a core bench failed (exit {proc.returncode}):\n{proc.stdout}"
+    sections = dict(part.split("\n", 1) for part in proc.stdout.split("=== ")[1:])
+    for name, (_, pattern) in CASES.items():
+        assert re.search(pattern, sections.get(name, "")), f"{name} printed no ratio line:\n{proc.stdout}"
+
+
+def test_run_all_finds_every_bench_but_not_helpers():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(BENCH))
+    names = [p.name for p in run_all.benches()]
+    assert set(CASES) <= set(names)
+    assert not any(n.endswith("_common.py") for n in names)
