@@ -195,8 +195,7 @@ class LearnerRank:
             state = self.module.state_dict()
             if transport == "object_store":
                 return weights.to_numpy(state)
-            device = "cuda" if self.use_gpu else "cpu"
-            return weights.broadcast_send(state, version, group, bucket_bytes, device)
+            return weights.broadcast_send(state, version, group, bucket_bytes)
 
     def join_group(self, world_size: int, rank: int, name: str, store_host: str, bind_host: str, backend: str) -> None:
         collective.join(world_size, rank, name, store_host, bind_host, backend)
@@ -247,3 +246,37 @@ class LearnerRank:
                     keys = [k for k in f.keys() if k.startswith(f"{gi}.{pi}.")]
                     if keys:
                         opt.state[p] = {k.split(".", 2)[2]: f.get_tensor(k).to(p.device) for k in keys}
+
+
+class LearnerGroup:
+    """Driver-side handle of the N ranks: rendezvous, then every call goes to all ranks."""
+
+    def __init__(self, pool, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
+        from actors.pools import rendezvous_hosts
+
+        spec, n = pool.spec, pool.spec.count
+        self.ranks = [LearnerRank.options(**pool.options(r)).remote(r, n, cfg, spec.threads, spec.gpus > 0) for r in range(n)]
+        master, _ = rendezvous_hosts(ray.get([r.address.remote() for r in self.ranks]))
+        port = ray.get(self.ranks[0].free_port.remote(master))
+        self.info = ray.get([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks])
+
+    def update(self, iteration: int, batch_refs: list, planned: list[int]) -> dict[str, float]:
+        return ray.get([r.update.remote(iteration, batch_refs, planned) for r in self.ranks])[0]
+
+    def publish(self, version: int):
+        """Object-store transport: the ref of rank 0's full weights (put once, read by every worker)."""
+        refs = [r.publish.remote(version, "object_store") for r in self.ranks]
+        ray.get(refs[1:])
+        ray.wait(refs[:1], fetch_local=False)
+        return refs[0]
+
+    def publish_collective(self, version: int, group: str, bucket_bytes: int) -> list:
+        """Collective transport: refs of the ranks' publish calls (rank 0 broadcasts to `group`)."""
+        return [r.publish.remote(version, "collective", group, bucket_bytes) for r in self.ranks]
+
+    def save(self, directory: str, extra: dict) -> str:
+        return ray.get([r.save.remote(directory, extra) for r in self.ranks])[0]
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)

@@ -57,7 +57,7 @@ class RolloutWorker:
         collective.leave(name)
 
     def receive_weights(self, version: int, group: str, bucket_bytes: int) -> int:
-        weights.broadcast_recv(self.policy, version, group, bucket_bytes, self.device)
+        weights.broadcast_recv(self.policy, version, group, bucket_bytes)
         self.version = version
         return version
 

@@ -42,13 +42,18 @@ def bucket_layout(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[lis
     return buckets
 
 
+def _device(group: str) -> str:
+    return getattr(collective.get_group_handle(group), "device", "cpu")
+
+
 def _header(version: int, state: dict[str, torch.Tensor], n_buckets: int) -> torch.Tensor:
     return torch.tensor([version, sum(t.numel() for t in state.values()), n_buckets], dtype=torch.int64)
 
 
 @torch.no_grad()
-def broadcast_send(state: dict[str, torch.Tensor], version: int, group: str, bucket_bytes: int, device="cpu") -> int:
+def broadcast_send(state: dict[str, torch.Tensor], version: int, group: str, bucket_bytes: int) -> int:
     """Rank 0 of `group`: broadcast `state` bucket by bucket; returns the bytes sent per receiver."""
+    device = _device(group)
     layout = bucket_layout(state, bucket_bytes)
     collective.broadcast(_header(version, state, len(layout)).to(device), 0, group)
     sent = 0
@@ -60,8 +65,9 @@ def broadcast_send(state: dict[str, torch.Tensor], version: int, group: str, buc
 
 
 @torch.no_grad()
-def broadcast_recv(module: torch.nn.Module, version: int, group: str, bucket_bytes: int, device="cpu") -> None:
+def broadcast_recv(module: torch.nn.Module, version: int, group: str, bucket_bytes: int) -> None:
     """Any other rank: receive the buckets into `module`'s own tensors."""
+    device = _device(group)
     own = module.state_dict()
     layout = bucket_layout(own, bucket_bytes)
     header = torch.zeros(3, dtype=torch.int64, device=device)

@@ -1,0 +1,422 @@
+"""The Ray driver of Mask-GRPO: setup -> loop -> cleanup, like `maskrl.train_local`, with each
+piece in an actor pool. Only object refs pass through the driver, never trajectory data:
+
+    prompts --generate--> record batch ref --score--> scored ref --update--> learner (v -> v+1)
+                                                         weights v+1 --publish--> rollout workers
+
+Modes: `sync` (on-policy; the rollouts of iteration k use weights k-1, as the learner has them)
+and `async` (the rollouts of k+1 are dispatched before the learner updates on k, so they use
+weights one version old: the lag is at most 1, and the recorded behaviour log-probs give the
+importance ratios). A rollout or reward worker that dies is replaced in its bundle and its
+tasks are resubmitted with the same seeds; the learner checks that the batch holds exactly
+the planned groups.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ray
+from PIL import Image
+from ray.exceptions import ObjectLostError, RayActorError
+from tqdm import tqdm
+
+from actors import collective
+from actors.learner import LearnerGroup, update_seed
+from actors.metrics import RayMetricsSink
+from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_specs, rendezvous_hosts
+from actors.reward import RewardWorker
+from actors.rollout import RolloutWorker, task_seed
+from actors.runtime import connect
+from maskrl.config import ConfigError, to_yaml
+from maskrl.evaluation import held_out_prompts, resolve_checkpoint
+from maskrl.iteration import PromptStream
+from maskrl.metrics import MetricsLogger, read_metrics, summary_line
+from maskrl.train_config import TrainConfig
+from maskrl.world import to_rgb
+
+STATE_FILE = "driver_state.json"
+
+
+# -- input checks: everything here runs before Ray is joined or any actor is created -------------
+def validate(cfg: TrainConfig) -> None:
+    c = cfg.cluster
+    choices = {
+        "cluster.mode": (c.mode, ("sync", "async")),
+        "cluster.weight_transport": (c.weight_transport, ("object_store", "collective")),
+        "cluster.learner.zero_stage": (c.learner.zero_stage, (0, 1, 2, 3)),
+        "cluster.learner.backend": (c.learner.backend, ("auto", "gloo", "nccl")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(allowed)}")
+    for key, value in (("iterations", cfg.iterations), ("grpo.group_size", cfg.grpo.group_size),
+                       ("grpo.prompts_per_iter", cfg.grpo.prompts_per_iter), ("checkpoint_every", cfg.checkpoint_every)):
+        if value < 1:
+            raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    resolve_checkpoint(cfg.checkpoint)  # FileNotFoundError naming it
+    pool_specs(c)  # PoolError naming the pool
+
+
+@dataclass
+class DriverState:
+    """What `--resume` needs besides the checkpoint's weights and optimiser shards."""
+
+    iteration: int  # iterations completed (= learner version)
+    stream_position: int  # prompt stream index of the first prompt not yet trained on
+    seed: int
+    checkpoint: str  # policy directory of this state
+    next_update_seed: int = 0
+    next_rollout_seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, run: Path) -> "DriverState":
+        path = run / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"run directory {str(run)!r} has no {STATE_FILE}: not a `maskrl train` run, or no checkpoint yet")
+        state = cls(**json.loads(path.read_text()))
+        if not (Path(state.checkpoint) / "model.safetensors").is_file():
+            raise FileNotFoundError(f"resume checkpoint {state.checkpoint!r} named in {str(path)!r} is missing")
+        return state
+
+    def write(self, *paths: Path) -> None:
+        for p in paths:
+            p.write_text(json.dumps(self.__dict__, indent=2))
+
+
+# -- the pools and the operations of one iteration -------------------------------------------------
+@dataclass
+class Task:
+    """One rollout task (consecutive prompt groups) and its reward scoring."""
+
+    index: int
+    prompts: list[tuple[int, str]]
+    seed: int
+    worker: int
+    actor: object = None
+    version: int = -1
+    record: ray.ObjectRef | None = None
+    stats: ray.ObjectRef | None = None
+    reward_actor: object = None
+    scored: ray.ObjectRef | None = None
+    reward_stats: ray.ObjectRef | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dispatched:
+    iteration: int
+    groups: list[int]
+    tasks: list[Task]
+    end_position: int  # stream position after this iteration's prompts
+    started: float
+
+
+class Runtime:
+    """Resource pools, worker groups and learner; every method passes object refs only."""
+
+    def __init__(self, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
+        self.cfg, c = cfg, cfg.cluster
+        specs = pool_specs(c)
+        check_cluster(specs)  # PoolError naming the pool, before anything is created
+        self.pools, self.groups = {}, {}
+        try:
+            for spec in specs:
+                self.pools[spec.name] = ResourcePool(spec, c.placement_timeout_s)
+            rs, ws = self.pools["rollout"].spec, self.pools["reward"].spec
+            args = (policy_dir, version, cfg.rollout, rs.threads, rs.gpus > 0)
+            self.rollout = self.groups["rollout"] = WorkerGroup(self.pools["rollout"], RolloutWorker, args, c.max_restarts)
+            self.reward = self.groups["reward"] = WorkerGroup(self.pools["reward"], RewardWorker, (cfg.reward, ws.threads), c.max_restarts)
+            self.learner = LearnerGroup(self.pools["learner"], cfg, policy_dir, version, optimizer_dir)
+            ray.get([a.ready.remote() for a in (*self.rollout.actors, *self.reward.actors)])
+        except BaseException:
+            self.shutdown()
+            raise
+        self.start_version = self.worker_version = version
+        self.weights_ref, self.weights_version = None, version
+        self.pending: list = []  # weight loads / receives not yet waited for (async mode)
+        self.weight_group: str | None = None
+        self.group_generation = 0
+
+    # -- rollouts and rewards
+    def dispatch(self, iteration: int, prompts: list, end_position: int) -> Dispatched:
+        n, per_task = len(self.rollout), self.cfg.cluster.groups_per_task
+        chunks = [list(c) for c in np.array_split(np.arange(len(prompts)), n)] if per_task <= 0 else \
+            [list(range(s, min(s + per_task, len(prompts)))) for s in range(0, len(prompts), per_task)]
+        tasks = []
+        for j, chunk in enumerate(c for c in chunks if len(c)):
+            items = [(prompts[i][0], prompts[i][1].text) for i in chunk]
+            task = Task(j, items, task_seed(self.cfg.seed, iteration, items[0][0]), worker=j % n)
+            self._submit_rollout(task)
+            tasks.append(task)
+        return Dispatched(iteration, [i for i, _ in prompts], tasks, end_position, time.perf_counter())
+
+    def _submit_rollout(self, t: Task) -> None:
+        t.actor, t.version = self.rollout[t.worker], self.worker_version
+        t.record, t.stats = t.actor.generate.remote(t.prompts, self.cfg.grpo.group_size, t.seed, t.version)
+
+    def _submit_reward(self, t: Task) -> None:
+        t.reward_actor = self.reward[t.index % len(self.reward)]
+        t.scored, t.reward_stats = t.reward_actor.score.remote(t.record)
+
+    def collect(self, d: Dispatched) -> tuple[list, dict[str, float]]:
+        """Wait for every task's scored batch; replace dead workers and resubmit their tasks."""
+        pending = {t.stats: t for t in d.tasks}
+        rollout_done = None
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            t = pending.pop(ref)
+            rolling = ref == t.stats
+            try:
+                info = ray.get(ref)
+            except RayActorError:
+                if rolling:
+                    self._replace_rollout(t.worker, t.actor)
+                    self._submit_rollout(t)
+                    pending[t.stats] = t
+                else:
+                    self._replace(self.reward, self.reward.actors.index(t.reward_actor) if t.reward_actor in self.reward.actors else None)
+                    self._submit_reward(t)
+                    pending[t.reward_stats] = t
+                continue
+            except ObjectLostError:  # the rollout's output is gone with its node: generate it again
+                self._submit_rollout(t)
+                pending[t.stats] = t
+                continue
+            if rolling:
+                t.info.update({f"rollout_{k}": v for k, v in info.items()})
+                self._submit_reward(t)
+                pending[t.reward_stats] = t
+                if all(t2.info for t2 in d.tasks):
+                    rollout_done = time.perf_counter()
+            else:
+                t.info.update(info)
+        images = sum(t.info["rollout_images"] for t in d.tasks)
+        metrics = {
+            "rollout/images": float(images),
+            "rollout/images_per_s": images / max((rollout_done or time.perf_counter()) - d.started, 1e-9),
+            "rollout/worker_images_per_s": images / max(sum(t.info["rollout_seconds"] for t in d.tasks), 1e-9),
+            "exchange/rollout_bytes": float(sum(t.info["rollout_bytes"] for t in d.tasks)),
+            "restarts/rollout": float(self.rollout.restarts),
+            "restarts/reward": float(self.reward.restarts),
+        }
+        for key in {k for t in d.tasks for k in t.info if k.startswith("reward/")}:
+            metrics[key] = sum(t.info[key] * t.info["images"] for t in d.tasks) / images
+        return [t.scored for t in d.tasks], metrics
+
+    def _replace(self, group: WorkerGroup, index: int | None):
+        if index is not None:
+            return group.replace(index)
+
+    def _replace_rollout(self, index: int, dead) -> None:
+        if self.rollout[index] is not dead:  # another of its tasks already had it replaced
+            return
+        actor = self.rollout.replace(index)
+        if self.worker_version != self.start_version:
+            actor.load_weights.remote(self.worker_version, self._weights_in_object_store())
+        self.weight_group_stale = True
+
+    # -- learner and weights
+    def update(self, iteration: int, scored: list, groups: list[int]) -> dict[str, float]:
+        return self.learner.update(iteration, scored, groups)
+
+    def _weights_in_object_store(self):
+        if self.weights_ref is None or self.weights_version != self.worker_version:
+            self.weights_ref, self.weights_version = self.learner.publish(self.worker_version), self.worker_version
+        return self.weights_ref
+
+    def publish(self, version: int, wait: bool) -> float:
+        """Weights `version` to every rollout worker; in async mode the loads queue behind the rollouts
+        already running (and are awaited at the next publish). Returns the seconds spent here."""
+        start = time.perf_counter()
+        self.settle()
+        c = self.cfg.cluster
+        if c.weight_transport == "collective":
+            group = self._weight_group()
+            bucket = int(c.weight_bucket_mb * 2**20)
+            self.pending = self.learner.publish_collective(version, group, bucket) + [
+                w.receive_weights.remote(version, group, bucket) for w in self.rollout.actors
+            ]
+        else:
+            self.weights_ref, self.weights_version = self.learner.publish(version), version
+            self.pending = [w.load_weights.remote(version, self.weights_ref) for w in self.rollout.actors]
+        self.worker_version = version
+        if wait:
+            self.settle()
+        return time.perf_counter() - start
+
+    def settle(self) -> None:
+        """Wait for outstanding weight transfers; a worker that died meanwhile is replaced."""
+        pending, self.pending = self.pending, []
+        for ref in pending:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                pass  # its next task fails and is resubmitted on a replacement holding these weights
+        for i, actor in enumerate(self.rollout.actors):
+            if _dead(actor):
+                self._replace_rollout(i, actor)
+
+    weight_group_stale = False
+
+    def _weight_group(self) -> str:
+        """The collective group {learner rank 0, rollout workers}; rebuilt after a worker is replaced."""
+        if self.weight_group and not self.weight_group_stale:
+            return self.weight_group
+        members = [self.learner.ranks[0], *self.rollout.actors]
+        if self.weight_group:
+            ray.get([m.leave_group.remote(self.weight_group) for m in members], timeout=60)
+        self.group_generation += 1
+        self.weight_group = f"maskrl-weights-{id(self):x}-{self.group_generation}"
+        store, binds = rendezvous_hosts(ray.get([m.address.remote() for m in members]))
+        use_nccl = self.pools["learner"].spec.gpus > 0 and self.pools["rollout"].spec.gpus > 0
+        backend = collective.NCCL if use_nccl else collective.GLOO
+        ray.get([m.join_group.remote(len(members), r, self.weight_group, store, binds[r], backend) for r, m in enumerate(members)])
+        self.weight_group_stale = False
+        return self.weight_group
+
+    # -- evaluation, samples, checkpoints
+    def evaluate(self) -> dict[str, float]:
+        metrics = ray.get(self.rollout[0].evaluate.remote(self.cfg))
+        metrics.pop("version", None)
+        return metrics
+
+    def sample_grid(self, prompts: list[str], samples: int) -> np.ndarray:
+        e = self.cfg.eval
+        return ray.get(self.rollout[0].sample_grid.remote(prompts, samples, e.sampling, e.seed))
+
+    def save(self, directory: Path, extra: dict) -> str:
+        self.settle()
+        return self.learner.save(str(directory), extra)
+
+    def shutdown(self) -> None:
+        for g in self.groups.values():
+            for a in g.actors:
+                ray.kill(a)
+        if hasattr(self, "learner"):
+            self.learner.shutdown()
+        for p in self.pools.values():
+            p.remove()
+
+
+def _dead(actor) -> bool:
+    try:
+        ray.get(actor.ready.remote(), timeout=60)
+        return False
+    except RayActorError:
+        return True
+
+
+# -- artefacts ---------------------------------------------------------------------------------------
+def write_grid(grids: np.ndarray, path: Path, scale: int = 6) -> None:
+    """(prompts, samples, 16, 16) palette grids -> one PNG, a row per prompt, grey gutters."""
+    p, s = grids.shape[:2]
+    cell, gap = 16 * scale, 2
+    canvas = np.full((p * (cell + gap) + gap, s * (cell + gap) + gap, 3), 96, dtype=np.uint8)
+    for i in range(p):
+        for k in range(s):
+            y, x = gap + i * (cell + gap), gap + k * (cell + gap)
+            canvas[y : y + cell, x : x + cell] = to_rgb(grids[i, k], scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path, format="PNG")
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    checkpoint: Path
+    base: dict[str, float]
+    final: dict[str, float]
+    grids: Path
+    dashboard: str | None
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int, Runtime], None] | None = None) -> TrainResult:
+    """Run (or, with `resume`, continue in `cfg.out`) a Mask-GRPO training on Ray."""
+    validate(cfg)
+    run = Path(cfg.out)
+    state = DriverState.read(run) if resume else None
+    start = state.iteration if state else 0
+    policy_dir = state.checkpoint if state else str(resolve_checkpoint(cfg.checkpoint))
+    optimizer_dir = str(Path(state.checkpoint) / "optimizer") if state else None
+    stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0)
+    started_ray, dashboard = connect(cfg.cluster)
+    rt = None
+    try:
+        rt = Runtime(cfg, policy_dir, start, optimizer_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(to_yaml(cfg))
+        if state:  # drop metrics logged after the checkpoint we continue from
+            kept = [m for m in read_metrics(run) if m["iteration"] <= start]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
+        log = MetricsLogger(run, sinks=(RayMetricsSink(run.name),))
+        grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
+        (run / "grids").mkdir(exist_ok=True)
+        (run / "grids" / "prompts.txt").write_text("\n".join(grid_prompts) + "\n")
+        if state is None:
+            base = rt.evaluate()
+            log.log(0, base)
+            write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / "iter_00000.png")
+        else:
+            base = {k: v for m in read_metrics(run) if m["iteration"] == 0 for k, v in m.items() if k.startswith("eval/")}
+        if dashboard:
+            tqdm.write(f"ray dashboard: http://{dashboard}")
+        tqdm.write(f"base held-out ShapesEval: {base.get('eval/overall', float('nan')):.3f}")
+
+        P, asynchronous = cfg.grpo.prompts_per_iter, cfg.cluster.mode == "async"
+
+        def dispatch(iteration: int) -> Dispatched:
+            d = rt.dispatch(iteration, stream.take(P), stream.position)
+            if after_dispatch:
+                after_dispatch(iteration, rt)
+            return d
+
+        ahead = dispatch(start + 1) if start < cfg.iterations else None
+        metrics: dict[str, float] = {}
+        for it in tqdm(range(start + 1, cfg.iterations + 1), desc="mask-grpo", initial=start, total=cfg.iterations, dynamic_ncols=True):
+            t0 = time.perf_counter()
+            current, ahead = ahead, None
+            scored, metrics = rt.collect(current)
+            metrics["time/rollout_wait"] = time.perf_counter() - t0
+            if asynchronous and it < cfg.iterations:
+                ahead = dispatch(it + 1)  # overlaps the update below, with weights it - 1
+            t1 = time.perf_counter()
+            metrics.update(rt.update(it, scored, current.groups))
+            metrics["time/learner"] = time.perf_counter() - t1
+            metrics["time/weight_sync"] = rt.publish(it, wait=not asynchronous)
+            if not asynchronous and it < cfg.iterations:
+                ahead = dispatch(it + 1)
+            metrics["time/iteration"] = time.perf_counter() - t0
+            if (cfg.eval.every and it % cfg.eval.every == 0) or it == cfg.iterations:
+                metrics.update(rt.evaluate())
+            if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
+                write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png")
+            metrics["stream/position"] = float(current.end_position)
+            log.log(it, metrics)
+            tqdm.write(summary_line(it, metrics) + f" lag={metrics['version/lag_max']:.0f} img/s={metrics['rollout/images_per_s']:.1f}")
+            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                directory = run / "checkpoints" / f"iter_{it:05d}"
+                rt.save(directory, {"iteration": it})
+                DriverState(
+                    iteration=it, stream_position=current.end_position, seed=cfg.seed, checkpoint=str(directory),
+                    next_update_seed=update_seed(cfg.seed, it + 1),
+                    next_rollout_seed=task_seed(cfg.seed, it + 1, current.end_position),
+                    extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
+                           "zero_stage": cfg.cluster.learner.zero_stage},
+                ).write(directory / STATE_FILE, run / STATE_FILE)
+        log.close()
+    finally:
+        if rt is not None:
+            rt.shutdown()
+        if started_ray:
+            ray.shutdown()
+    final_dir = run / "checkpoints" / f"iter_{cfg.iterations:05d}"
+    final = {k: v for k, v in metrics.items() if k.startswith("eval/")} if metrics else {}
+    (run / "summary.json").write_text(json.dumps({"base": base, "final": final}, indent=2))
+    return TrainResult(run, final_dir, base, final, run / "grids", dashboard)
