@@ -141,7 +141,7 @@ class Runtime:
         self.weights_ref, self.weights_version = None, version
         self.pending: list = []  # weight loads / receives not yet waited for (async mode)
         self.weight_group: str | None = None
-        self.group_generation = 0
+        self.weight_group_stale, self.group_generation = False, 0
 
     # -- rollouts and rewards
     def dispatch(self, iteration: int, prompts: list, end_position: int) -> Dispatched:
@@ -174,15 +174,14 @@ class Runtime:
             rolling = ref == t.stats
             try:
                 info = ray.get(ref)
-            except RayActorError:
+            except RayActorError:  # the worker died: replace it, resubmit the task with the same seed
                 if rolling:
-                    self._replace_rollout(t.worker, t.actor)
+                    self._recover(self.rollout, t.worker, t.actor)
                     self._submit_rollout(t)
-                    pending[t.stats] = t
                 else:
-                    self._replace(self.reward, self.reward.actors.index(t.reward_actor) if t.reward_actor in self.reward.actors else None)
+                    self._recover(self.reward, t.index % len(self.reward), t.reward_actor)
                     self._submit_reward(t)
-                    pending[t.reward_stats] = t
+                pending[t.stats if rolling else t.reward_stats] = t
                 continue
             except ObjectLostError:  # the rollout's output is gone with its node: generate it again
                 self._submit_rollout(t)
@@ -209,17 +208,14 @@ class Runtime:
             metrics[key] = sum(t.info[key] * t.info["images"] for t in d.tasks) / images
         return [t.scored for t in d.tasks], metrics
 
-    def _replace(self, group: WorkerGroup, index: int | None):
-        if index is not None:
-            return group.replace(index)
-
-    def _replace_rollout(self, index: int, dead) -> None:
-        if self.rollout[index] is not dead:  # another of its tasks already had it replaced
+    def _recover(self, group: WorkerGroup, index: int, dead) -> None:
+        if group[index] is not dead:  # another of its tasks already had it replaced
             return
-        actor = self.rollout.replace(index)
-        if self.worker_version != self.start_version:
-            actor.load_weights.remote(self.worker_version, self._weights_in_object_store())
-        self.weight_group_stale = True
+        actor = group.replace(index)
+        if group is self.rollout:
+            if self.worker_version != self.start_version:
+                actor.load_weights.remote(self.worker_version, self._weights_in_object_store())
+            self.weight_group_stale = True
 
     # -- learner and weights
     def update(self, iteration: int, scored: list, groups: list[int]) -> dict[str, float]:
@@ -258,11 +254,6 @@ class Runtime:
                 ray.get(ref)
             except RayActorError:
                 pass  # its next task fails and is resubmitted on a replacement holding these weights
-        for i, actor in enumerate(self.rollout.actors):
-            if _dead(actor):
-                self._replace_rollout(i, actor)
-
-    weight_group_stale = False
 
     def _weight_group(self) -> str:
         """The collective group {learner rank 0, rollout workers}; rebuilt after a worker is replaced."""
@@ -304,14 +295,6 @@ class Runtime:
             p.remove()
 
 
-def _dead(actor) -> bool:
-    try:
-        ray.get(actor.ready.remote(), timeout=60)
-        return False
-    except RayActorError:
-        return True
-
-
 # -- artefacts ---------------------------------------------------------------------------------------
 def write_grid(grids: np.ndarray, path: Path, scale: int = 6) -> None:
     """(prompts, samples, 16, 16) palette grids -> one PNG, a row per prompt, grey gutters."""
@@ -346,12 +329,12 @@ def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int,
     policy_dir = state.checkpoint if state else str(resolve_checkpoint(cfg.checkpoint))
     optimizer_dir = str(Path(state.checkpoint) / "optimizer") if state else None
     stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
     started_ray, dashboard = connect(cfg.cluster)
     rt = None
     try:
         rt = Runtime(cfg, policy_dir, start, optimizer_dir)
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(to_yaml(cfg))
         if state:  # drop metrics logged after the checkpoint we continue from
             kept = [m for m in read_metrics(run) if m["iteration"] <= start]
             (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))

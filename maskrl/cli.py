@@ -1,4 +1,4 @@
-"""The `maskrl` command line: pretrain, generate, eval, train-local (and train, on Ray)."""
+"""The `maskrl` command line: pretrain, generate, eval, train-local, and train (on Ray)."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,27 @@ def _train_local(args) -> None:
     print(f"checkpoint: {train_local(cfg)}")
 
 
+def _train(args) -> None:
+    from maskrl.train_config import TrainConfig
+
+    if args.resume:
+        if args.config:
+            raise ValueError("pass --config to start a run or --resume RUN_DIR to continue one, not both")
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"run directory {args.resume!r} has no config.yaml; pass the directory of a `maskrl train` run")
+        cfg = load_config(TrainConfig, saved, [*args.overrides, f"out={args.resume}"])
+    else:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    from actors.driver import train  # Ray is imported only by this command
+
+    result = train(cfg, resume=bool(args.resume))
+    print(f"base held-out ShapesEval: {result.base.get('eval/overall', float('nan')):.3f}")
+    print(f"trained held-out ShapesEval: {result.final.get('eval/overall', float('nan')):.3f}")
+    print(f"grids: {result.grids}")
+    print(f"checkpoint: {result.checkpoint}")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="base", help="checkpoint directory, or 'base' (default)")
     p.add_argument("--prompts", required=True, help="text file, one ShapesWorld prompt a line")
@@ -92,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML recipe")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)
+    p = sub.add_parser("train", help="Mask-GRPO on Ray: rollout, reward and DeepSpeed learner pools")
+    p.add_argument("--config", help="YAML recipe, e.g. configs/shapes_cpu.yaml")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_train)
     p = sub.add_parser("generate", help="write {i:05d}_{k}.png for every prompt line i and sample k")
     _add_sampling_args(p)
     p.add_argument("--out", required=True, help="output folder")
