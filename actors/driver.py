@@ -29,8 +29,8 @@ from actors import collective
 from actors.learner import LearnerGroup, update_seed
 from actors.metrics import RayMetricsSink
 from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_specs, rendezvous_hosts
-from actors.reward import RewardWorker
-from actors.rollout import RolloutWorker, task_seed
+from actors.reward import RewardActor
+from actors.rollout import RolloutActor, task_seed
 from actors.runtime import connect
 from maskrl.config import ConfigError, to_yaml
 from maskrl.evaluation import held_out_prompts, resolve_checkpoint
@@ -130,8 +130,8 @@ class Runtime:
                 self.pools[spec.name] = ResourcePool(spec, c.placement_timeout_s)
             rs, ws = self.pools["rollout"].spec, self.pools["reward"].spec
             args = (policy_dir, version, cfg.rollout, rs.threads, rs.gpus > 0)
-            self.rollout = self.groups["rollout"] = WorkerGroup(self.pools["rollout"], RolloutWorker, args, c.max_restarts)
-            self.reward = self.groups["reward"] = WorkerGroup(self.pools["reward"], RewardWorker, (cfg.reward, ws.threads), c.max_restarts)
+            self.rollout = self.groups["rollout"] = WorkerGroup(self.pools["rollout"], RolloutActor, args, c.max_restarts)
+            self.reward = self.groups["reward"] = WorkerGroup(self.pools["reward"], RewardActor, (cfg.reward, ws.threads), c.max_restarts)
             self.learner = LearnerGroup(self.pools["learner"], cfg, policy_dir, version, optimizer_dir)
             ray.get([a.ready.remote() for a in (*self.rollout.actors, *self.reward.actors)])
         except BaseException:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,6 @@ def check_groups(batch: TrajectoryBatch, planned: list[int], group_size: int) ->
         raise RuntimeError(f"batch does not match the plan: lost groups {lost[:5]}, wrong sizes {dict(list(bad.items())[:5])}")
 
 
-@ray.remote
 class LearnerRank:
     def __init__(self, rank: int, world_size: int, cfg: TrainConfig, threads: int, use_gpu: bool):
         if not use_gpu:
@@ -118,8 +118,10 @@ class LearnerRank:
         self.version = version
         if optimizer_dir is not None:
             self._load_optimizer(Path(optimizer_dir))
-        for _ in range(version):  # the schedule steps once per iteration, as in train_local
-            self.sched.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(version):  # the schedule steps once per iteration, as in train_local
+                self.sched.step()
         params = list(self.module.parameters())
         return {
             "params": sum(getattr(p, "ds_numel", p.numel()) for p in params),
@@ -159,7 +161,9 @@ class LearnerRank:
                 rank=self.rank, world_size=self.world_size,
             )
             metrics.update({f"loss/{k}": v for k, v in self._rank_mean(result).items()})
-        self.sched.step()
+        with warnings.catch_warnings():  # no optimiser step when every group was filtered: expected
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched.step()
         self.version += 1
         metrics["time/learner_update"] = time.perf_counter() - start
         return metrics
@@ -248,6 +252,9 @@ class LearnerRank:
                         opt.state[p] = {k.split(".", 2)[2]: f.get_tensor(k).to(p.device) for k in keys}
 
 
+LearnerActor = ray.remote(LearnerRank)  # the class itself stays importable, so Ray pickles it by reference
+
+
 class LearnerGroup:
     """Driver-side handle of the N ranks: rendezvous, then every call goes to all ranks."""
 
@@ -255,7 +262,7 @@ class LearnerGroup:
         from actors.pools import rendezvous_hosts
 
         spec, n = pool.spec, pool.spec.count
-        self.ranks = [LearnerRank.options(**pool.options(r)).remote(r, n, cfg, spec.threads, spec.gpus > 0) for r in range(n)]
+        self.ranks = [LearnerActor.options(**pool.options(r)).remote(r, n, cfg, spec.threads, spec.gpus > 0) for r in range(n)]
         master, _ = rendezvous_hosts(ray.get([r.address.remote() for r in self.ranks]))
         port = ray.get(self.ranks[0].free_port.remote(master))
         self.info = ray.get([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks])

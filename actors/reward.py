@@ -13,7 +13,6 @@ from maskrl.rewards import build_reward
 from maskrl.trajectory import TrajectoryBatch
 
 
-@ray.remote
 class RewardWorker:
     def __init__(self, reward: str, threads: int):
         torch.set_num_threads(threads)
@@ -29,3 +28,6 @@ class RewardWorker:
         scored, components = score(TrajectoryBatch.from_arrow(record), self.reward)
         stats = {"images": len(scored), "seconds": time.perf_counter() - start, **components}
         return scored.to_arrow(), stats
+
+
+RewardActor = ray.remote(RewardWorker)  # the class itself stays importable, so Ray pickles it by reference

@@ -31,7 +31,6 @@ def task_seed(seed: int, iteration: int, first_index: int) -> int:
     return int(np.random.SeedSequence([seed, iteration, first_index, 0x52]).generate_state(1)[0])
 
 
-@ray.remote
 class RolloutWorker:
     def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, threads: int, use_gpu: bool = False):
         torch.set_num_threads(threads)
@@ -81,3 +80,6 @@ class RolloutWorker:
     def sample_grid(self, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int) -> np.ndarray:
         """(len(prompts), samples, 16, 16) uint8 palette grids: a few images for the run's PNG grids."""
         return generate(self.policy, prompts, samples, sampling, seed).astype(np.uint8)
+
+
+RolloutActor = ray.remote(RolloutWorker)  # the class itself stays importable, so Ray pickles it by reference

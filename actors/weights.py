@@ -7,6 +7,8 @@ bucket count) is broadcast first and checked by every receiver.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from ray.util import collective
@@ -23,8 +25,10 @@ def load_numpy(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     if own.keys() != weights.keys():
         missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
         raise ValueError(f"published weights do not match the policy: missing {missing[:3]}, unexpected {extra[:3]}")
-    for name, target in own.items():
-        target.copy_(torch.from_numpy(weights[name]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # object-store arrays are read-only; we only read them
+        for name, target in own.items():
+            target.copy_(torch.from_numpy(weights[name]))
 
 
 def bucket_layout(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[list[str]]:

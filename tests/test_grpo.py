@@ -138,7 +138,7 @@ def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy):
     finally:
         objective.clipped_surrogate = original
     torch.testing.assert_close(seen[0], torch.ones_like(seen[0]), atol=1e-4, rtol=0)  # ratio 1 before the update
-    assert metrics["clip_frac_epoch0"] == 0.0
+    assert metrics["clip_frac_first_epoch"] == 0.0
     traj, stp = torch.arange(len(prepared)), torch.zeros(len(prepared), dtype=torch.long)
     with torch.no_grad():
         kl_after = k3_kl(score_pairs(tiny_policy, prepared, traj, stp, sampling), score_pairs(reference, prepared, traj, stp, sampling))

@@ -29,9 +29,10 @@ def grpo_update(
     world_size: int = 1,
 ) -> dict[str, float]:
     traj, step = sample_steps(len(batch), batch.steps, cfg.steps_per_traj, generator)
-    sums, counts = defaultdict(float), defaultdict(int)
+    per_epoch: list[dict[str, list[float]]] = []
     policy.train()
-    for epoch in range(cfg.epochs):
+    for _ in range(cfg.epochs):
+        seen = defaultdict(list)
         order = torch.randperm(len(traj), generator=generator)
         for start in range(0, len(order), cfg.minibatch_pairs):
             mb = order[start : start + cfg.minibatch_pairs]
@@ -39,8 +40,8 @@ def grpo_update(
             loss, metrics = grpo_loss(policy, reference, batch, traj[mine], step[mine], cfg, sampling)
             metrics["grad_norm"] = optimizer_step(loss)
             for name, value in metrics.items():
-                key = f"{name}_epoch{epoch}" if name == "clip_frac" and epoch == 0 else name
-                for k in {name, key}:
-                    sums[k] += float(value)
-                    counts[k] += 1
-    return {k: sums[k] / counts[k] for k in sums} | {"pairs": float(len(traj))}
+                seen[name].append(float(value))
+        per_epoch.append(seen)
+    out = {name: sum(v for e in per_epoch for v in e[name]) / sum(len(e[name]) for e in per_epoch) for name in per_epoch[0]}
+    first = per_epoch[0]["clip_frac"]
+    return out | {"clip_frac_first_epoch": sum(first) / len(first), "pairs": float(len(traj))}
