@@ -14,6 +14,7 @@ the planned groups.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,7 @@ class Runtime:
         self.pending: list = []  # weight loads / receives not yet waited for (async mode)
         self.weight_group: str | None = None
         self.weight_group_stale, self.group_generation = False, 0
+        self.last_load_seconds = 0.0
 
     # -- rollouts and rewards
     def dispatch(self, iteration: int, prompts: list, end_position: int) -> Dispatched:
@@ -246,14 +248,18 @@ class Runtime:
             self.settle()
         return time.perf_counter() - start
 
-    def settle(self) -> None:
-        """Wait for outstanding weight transfers; a worker that died meanwhile is replaced."""
-        pending, self.pending = self.pending, []
+    def settle(self) -> float:
+        """Wait for outstanding weight transfers; returns the slowest worker's load seconds."""
+        pending, self.pending, slowest = self.pending, [], 0.0
         for ref in pending:
             try:
-                ray.get(ref)
+                seconds = ray.get(ref)
             except RayActorError:
-                pass  # its next task fails and is resubmitted on a replacement holding these weights
+                continue  # its next task fails and is resubmitted on a replacement holding these weights
+            if isinstance(seconds, float):
+                slowest = max(slowest, seconds)
+        self.last_load_seconds = slowest
+        return slowest
 
     def _weight_group(self) -> str:
         """The collective group {learner rank 0, rollout workers}; rebuilt after a worker is replaced."""
@@ -309,6 +315,14 @@ def write_grid(grids: np.ndarray, path: Path, scale: int = 6) -> None:
     Image.fromarray(canvas).save(path, format="PNG")
 
 
+def _clear_run(run: Path) -> None:
+    """A fresh run in a directory that holds an older one replaces that run's outputs (only those)."""
+    for name in (STATE_FILE, "metrics.jsonl", "summary.json"):
+        (run / name).unlink(missing_ok=True)
+    for name in ("tensorboard", "grids", "checkpoints"):
+        shutil.rmtree(run / name, ignore_errors=True)
+
+
 @dataclass
 class TrainResult:
     run: Path
@@ -320,8 +334,15 @@ class TrainResult:
 
 
 # -- the loop ----------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int, Runtime], None] | None = None) -> TrainResult:
-    """Run (or, with `resume`, continue in `cfg.out`) a Mask-GRPO training on Ray."""
+def train(
+    cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
+    after_dispatch: Callable[[int, Runtime], None] | None = None,
+) -> TrainResult:
+    """Run (or, with `resume`, continue in `cfg.out`) a Mask-GRPO training on Ray.
+
+    `stop_after=k` stops after iteration k's checkpoint as an interruption would (for tests and
+    preemptible jobs); `after_dispatch(iteration, runtime)` is called once an iteration's rollouts
+    are in flight (tests use it to kill a worker mid-iteration)."""
     validate(cfg)
     run = Path(cfg.out)
     state = DriverState.read(run) if resume else None
@@ -329,6 +350,8 @@ def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int,
     policy_dir = state.checkpoint if state else str(resolve_checkpoint(cfg.checkpoint))
     optimizer_dir = str(Path(state.checkpoint) / "optimizer") if state else None
     stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0)
+    if state is None:
+        _clear_run(run)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(to_yaml(cfg))
     started_ray, dashboard = connect(cfg.cluster)
@@ -362,6 +385,7 @@ def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int,
 
         ahead = dispatch(start + 1) if start < cfg.iterations else None
         metrics: dict[str, float] = {}
+        last = start
         for it in tqdm(range(start + 1, cfg.iterations + 1), desc="mask-grpo", initial=start, total=cfg.iterations, dynamic_ncols=True):
             t0 = time.perf_counter()
             current, ahead = ahead, None
@@ -373,6 +397,7 @@ def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int,
             metrics.update(rt.update(it, scored, current.groups))
             metrics["time/learner"] = time.perf_counter() - t1
             metrics["time/weight_sync"] = rt.publish(it, wait=not asynchronous)
+            metrics["time/weight_load"] = rt.last_load_seconds  # async: the load of the previous version
             if not asynchronous and it < cfg.iterations:
                 ahead = dispatch(it + 1)
             metrics["time/iteration"] = time.perf_counter() - t0
@@ -393,13 +418,16 @@ def train(cfg: TrainConfig, resume: bool = False, after_dispatch: Callable[[int,
                     extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
                            "zero_stage": cfg.cluster.learner.zero_stage},
                 ).write(directory / STATE_FILE, run / STATE_FILE)
+            last = it
+            if stop_after is not None and it >= stop_after and it % cfg.checkpoint_every == 0:
+                break
         log.close()
     finally:
         if rt is not None:
             rt.shutdown()
         if started_ray:
             ray.shutdown()
-    final_dir = run / "checkpoints" / f"iter_{cfg.iterations:05d}"
+    final_dir = run / "checkpoints" / f"iter_{last:05d}"
     final = {k: v for k, v in metrics.items() if k.startswith("eval/")} if metrics else {}
     (run / "summary.json").write_text(json.dumps({"base": base, "final": final}, indent=2))
     return TrainResult(run, final_dir, base, final, run / "grids", dashboard)

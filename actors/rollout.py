@@ -44,10 +44,12 @@ class RolloutWorker:
     def address(self) -> tuple[str, str]:
         return collective.node_address()
 
-    def load_weights(self, version: int, state: dict[str, np.ndarray]) -> int:
+    def load_weights(self, version: int, state: dict[str, np.ndarray]) -> float:
+        """Returns the seconds spent loading."""
+        start = time.perf_counter()
         weights.load_numpy(self.policy, state)
         self.version = version
-        return version
+        return time.perf_counter() - start
 
     def join_group(self, world_size: int, rank: int, name: str, store_host: str, bind_host: str, backend: str) -> None:
         collective.join(world_size, rank, name, store_host, bind_host, backend)
@@ -55,10 +57,12 @@ class RolloutWorker:
     def leave_group(self, name: str) -> None:
         collective.leave(name)
 
-    def receive_weights(self, version: int, group: str, bucket_bytes: int) -> int:
+    def receive_weights(self, version: int, group: str, bucket_bytes: int) -> float:
+        """Returns the seconds spent in the broadcast (including waiting for the sender)."""
+        start = time.perf_counter()
         weights.broadcast_recv(self.policy, version, group, bucket_bytes)
         self.version = version
-        return version
+        return time.perf_counter() - start
 
     @ray.method(num_returns=2)
     def generate(self, prompts: list[tuple[int, str]], group_size: int, seed: int, version: int):

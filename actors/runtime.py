@@ -19,9 +19,9 @@ def connect(cluster: ClusterConfig) -> tuple[bool, str | None]:
     if address:
         info = ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         return False, info.dashboard_url
-    # Ray >= 2.52 supports token authentication; a local ray.init() then generates a token
-    # (~/.ray/auth_token) and requires it from every client, the dashboard included.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Token authentication: Ray 2.60 turns it on by default for a local instance (unless
+    # RAY_AUTH_MODE=disabled), generating ~/.ray/auth_token and requiring it from every client,
+    # the dashboard included. (Setting RAY_AUTH_MODE here would be too late: Ray reads it at import.)
     os.environ.update(env)  # local workers inherit the driver's environment
     info = ray.init(include_dashboard=True, dashboard_host=cluster.dashboard_host, logging_level=logging.WARNING)
     return True, info.dashboard_url

@@ -49,7 +49,7 @@ class TrajectoryBatch:
     group_id: torch.Tensor  # (B,) trajectories of one prompt share a group
     tokens: torch.Tensor  # (B, N) final image codes
     reveal_step: torch.Tensor  # (B, N) step that revealed each position
-    cutoff: torch.Tensor  # (B, T) per-step confidence cutoff (a probability)
+    cutoff: torch.Tensor  # (B, T) per-step log-confidence cutoff (see maskrl.transition)
     behaviour_logprob: torch.Tensor  # (B, T) per-step log pi of the behaviour policy
     reward: torch.Tensor  # (B,) NaN until scored
     advantage: torch.Tensor  # (B,) zero until computed

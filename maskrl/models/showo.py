@@ -129,8 +129,8 @@ class ShowoPolicy(nn.Module):
         embeds = self.lm.model.embed_tokens(ids)
         if self.config.image_pos_embed:
             pos2d = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(self.num_image_tokens, -1)
-            image = slice(self.image_start, self.image_start + self.num_image_tokens)
-            embeds = torch.cat([embeds[:, : image.start], embeds[:, image] + pos2d, embeds[:, image.stop :]], dim=1)
+            after = self.seq_len - self.image_start - self.num_image_tokens
+            embeds = embeds + F.pad(pos2d, (0, 0, self.image_start, after))  # zero outside the image
         if attn_mask is None:
             attn_mask = self.attention_mask(text_ids)
         return self.lm.model(inputs_embeds=embeds, attention_mask=attn_mask).last_hidden_state

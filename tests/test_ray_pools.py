@@ -1,0 +1,102 @@
+"""Pool sizing, resource checks, weight buckets and the batch-vs-plan check; no Ray instance needed.
+
+Also holds the helpers the other test_ray_* modules share (tiny checkpoint, tiny run config, a
+local Ray instance per module).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from actors.learner import check_groups
+from actors.pools import PoolError, PoolSpec, check_capacity, pool_specs, rendezvous_hosts
+from actors.weights import bucket_layout
+from maskrl.grpo import GRPOConfig
+from maskrl.iteration import PromptStream, rollout_groups
+from maskrl.models import ShowoPolicy, save_policy
+from maskrl.sampling import SamplingConfig
+from maskrl.train_config import ClusterConfig, EvalConfig, LearnerConfig, PoolConfig, TrainConfig
+from tests.conftest import TINY
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+def tiny_checkpoint(directory) -> str:
+    torch.manual_seed(0)
+    save_policy(ShowoPolicy(TINY), directory)
+    return str(directory)
+
+
+def tiny_config(checkpoint: str, out, **cluster) -> TrainConfig:
+    """2 rollout workers, 1 reward worker, 2 learner ranks, all tiny: a run of a few seconds an iteration."""
+    return TrainConfig(
+        checkpoint=checkpoint, out=str(out), iterations=3, seed=0, track_kl=False, checkpoint_every=1, grid_every=0,
+        grpo=GRPOConfig(group_size=4, prompts_per_iter=4, steps_per_traj=2, epochs=1, minibatch_pairs=16, lr=1e-3, warmup_iters=0),
+        rollout=SamplingConfig(steps=4),
+        eval=EvalConfig(every=0, prompts=6, samples=1, sampling=SamplingConfig(steps=4)),
+        cluster=ClusterConfig(
+            rollout=PoolConfig(workers=2, cpus_per_worker=0.25),
+            reward=PoolConfig(workers=1, cpus_per_worker=0.25),
+            learner=LearnerConfig(ranks=2, cpus_per_rank=0.25, zero_stage=2),
+            **cluster,
+        ),
+    )
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2):
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# -- tests -------------------------------------------------------------------------------------------
+def test_pool_specs_follow_the_config():
+    specs = {s.name: s for s in pool_specs(ClusterConfig())}
+    assert specs["rollout"] == PoolSpec("rollout", 2, 1.0, 0.0)
+    assert specs["learner"].count == 2 and specs["learner"].bundle == {"CPU": 1.0}
+    gpu = ClusterConfig(learner=LearnerConfig(ranks=4, gpus_per_rank=1, cpus_per_rank=4))
+    assert {s.name: s for s in pool_specs(gpu)}["learner"].bundle == {"CPU": 4.0, "GPU": 1.0}
+    with pytest.raises(PoolError, match="'reward'"):
+        pool_specs(ClusterConfig(reward=PoolConfig(workers=0)))
+    with pytest.raises(PoolError, match="'learner'.*one DeepSpeed rank per GPU"):
+        pool_specs(ClusterConfig(learner=LearnerConfig(gpus_per_rank=0.5)))
+
+
+def test_impossible_pool_is_named():
+    specs = pool_specs(ClusterConfig(learner=LearnerConfig(ranks=2, gpus_per_rank=1)))
+    cpu_only = {"CPU": 8.0}
+    with pytest.raises(PoolError, match=r"pool 'learner' needs 2 x 1 GPU = 2 GPU, but the Ray cluster has 0 GPU"):
+        check_capacity(specs, cpu_only, cpu_only)
+    big = pool_specs(ClusterConfig(rollout=PoolConfig(workers=1, cpus_per_worker=16)))
+    with pytest.raises(PoolError, match="pool 'rollout' needs 16 CPU per worker, but no node"):
+        check_capacity(big, {"CPU": 32.0}, {"CPU": 8.0})
+    with pytest.raises(PoolError, match=r"the pools need 5 CPU together \(rollout 2, reward 1, learner 2\)"):
+        check_capacity(pool_specs(ClusterConfig()), {"CPU": 4.0}, {"CPU": 4.0})
+    check_capacity(pool_specs(ClusterConfig()), {"CPU": 5.0}, {"CPU": 5.0})
+
+
+def test_rendezvous_is_loopback_on_one_node():
+    assert rendezvous_hosts([("n1", "10.0.0.1"), ("n1", "10.0.0.1")]) == ("127.0.0.1", ["127.0.0.1"] * 2)
+    assert rendezvous_hosts([("n1", "10.0.0.1"), ("n2", "10.0.0.2")]) == ("10.0.0.1", ["10.0.0.1", "10.0.0.2"])
+
+
+def test_bucket_layout_respects_size_and_dtype():
+    state = {"a": torch.zeros(10), "b": torch.zeros(10), "c": torch.zeros(30), "d": torch.zeros(4, dtype=torch.int64)}
+    assert bucket_layout(state, bucket_bytes=80) == [["a", "b"], ["c"], ["d"]]
+    assert bucket_layout(state, bucket_bytes=10**6) == [["a", "b", "c"], ["d"]]
+
+
+def test_batch_must_hold_exactly_the_planned_groups(tiny_policy):
+    batch = rollout_groups(tiny_policy, PromptStream(0).take(3), 2, SamplingConfig(steps=2), torch.Generator().manual_seed(0), 0)
+    check_groups(batch, [0, 1, 2], group_size=2)
+    with pytest.raises(RuntimeError, match=r"lost groups \[2\]"):
+        check_groups(batch.select(torch.arange(4)), [0, 1, 2], group_size=2)
+    duplicated = batch.concat([batch, batch.select(torch.tensor([0, 1]))])
+    with pytest.raises(RuntimeError, match=r"wrong sizes \{0: 4\}"):
+        check_groups(duplicated, [0, 1, 2], group_size=2)
