@@ -14,6 +14,7 @@ class EvalConfig:
     prompts: int = 60
     samples: int = 2
     seed: int = 1234  # the held-out sample is fixed by this seed, not by the run's seed
+    before: bool = True  # also evaluate the starting checkpoint (iteration 0)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16))
 
 

@@ -60,7 +60,7 @@ def train_local(cfg: TrainConfig) -> Path:
     reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights)
     gen = torch.Generator().manual_seed(cfg.seed)
     log = MetricsLogger(run)
-    base = eval_metrics(policy, cfg)
+    base = eval_metrics(policy, cfg) if cfg.eval.before else {}
     log.log(0, base)
     for it in tqdm(range(1, cfg.iterations + 1), desc="mask-grpo", dynamic_ncols=True):
         start = time.time()
