@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskrl.grpo import GRPOConfig
+from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig
 
 
@@ -56,7 +57,7 @@ class TrainConfig:
     iterations: int = 20
     seed: int = 0
     threads: int = 2  # torch threads per process
-    reward: str = "shapes_rule"
+    reward: RewardConfig = field(default_factory=RewardConfig)  # name, options, runtime_env
     category_weights: dict[str, float] | None = None
     track_kl: bool = True  # load the frozen reference policy to log KL even when kl_coef is 0
     checkpoint_every: int = 5

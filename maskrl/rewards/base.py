@@ -37,7 +37,7 @@ from maskrl.config import ConfigError, load_config
 @dataclass
 class RewardOutput:
     scores: np.ndarray  # (B,) float32; non-finite values are NaN and are never trained on
-    components: dict[str, np.ndarray] = field(default_factory=dict)  # named parts, for logging
+    components: dict[str, np.ndarray] = field(default_factory=dict)  # named (B,) parts, for logging; non-finite -> NaN
 
     def __post_init__(self):
         scores = np.asarray(self.scores, dtype=np.float32)
@@ -50,7 +50,7 @@ class RewardOutput:
             value = np.asarray(value, dtype=np.float32)
             if value.shape != scores.shape:
                 raise ValueError(f"reward component {name!r} has shape {value.shape}, expected {scores.shape}")
-            comps[name] = value
+            comps[name] = np.where(np.isfinite(value), value, np.float32(np.nan)).astype(np.float32)
         self.components = comps
 
 
@@ -231,7 +231,8 @@ def load_reward_config(path: str | Path | None = None, overrides: list[str] | No
     try:
         cfg.validate()
     except ConfigError as err:
-        raise ConfigError(f"{err} (in {path if path is not None else 'defaults'})") from None
+        source = str(path) if path is not None else "defaults"
+        raise ConfigError(f"{err} (in {source}{' + command line' if overrides else ''})") from None
     return cfg
 
 

@@ -8,7 +8,6 @@ Download both once, e.g. `huggingface-cli download yuvalkirstain/PickScore_v1 --
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np

@@ -78,6 +78,9 @@ def save(model, tokenizer, cfg: dict, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
+    # The generic class name, so transformers 4.x (whose AutoTokenizer lacks "TokenizersBackend") loads it too.
+    tok_cfg = out / "tokenizer_config.json"
+    tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
     with open(out / "open_clip_config.json", "w") as f:
         json.dump({"model_cfg": cfg, "preprocess_cfg": PREPROCESS_CFG}, f, indent=2)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
