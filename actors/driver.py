@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -59,6 +60,10 @@ def validate(cfg: TrainConfig) -> None:
                        ("grpo.prompts_per_iter", cfg.grpo.prompts_per_iter), ("checkpoint_every", cfg.checkpoint_every)):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    try:
+        cfg.reward.validate()  # unknown reward or option: named, without building the model
+    except ConfigError as err:
+        raise ConfigError(f"reward: {err}") from None
     resolve_checkpoint(cfg.checkpoint)  # FileNotFoundError naming it
     pool_specs(c)  # PoolError naming the pool
 
@@ -76,8 +81,8 @@ class DriverState:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def read(cls, run: Path) -> "DriverState":
-        path = run / STATE_FILE
+    def read(cls, run: str | Path) -> "DriverState":
+        path = Path(run) / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"run directory {str(run)!r} has no {STATE_FILE}: not a `maskrl train` run, or no checkpoint yet")
         state = cls(**json.loads(path.read_text()))
@@ -132,7 +137,10 @@ class Runtime:
             rs, ws = self.pools["rollout"].spec, self.pools["reward"].spec
             args = (policy_dir, version, cfg.rollout, rs.threads, rs.gpus > 0)
             self.rollout = self.groups["rollout"] = WorkerGroup(self.pools["rollout"], RolloutActor, args, c.max_restarts)
-            self.reward = self.groups["reward"] = WorkerGroup(self.pools["reward"], RewardActor, (cfg.reward, ws.threads), c.max_restarts)
+            self.reward = self.groups["reward"] = WorkerGroup(
+                self.pools["reward"], RewardActor, (cfg.reward, ws.threads), c.max_restarts,
+                runtime_env=cfg.reward.ray_runtime_env(),  # the reward's own dependencies, if any
+            )
             self.learner = LearnerGroup(self.pools["learner"], cfg, policy_dir, version, optimizer_dir)
             ray.get([a.ready.remote() for a in (*self.rollout.actors, *self.reward.actors)])
         except BaseException:
@@ -198,10 +206,13 @@ class Runtime:
             else:
                 t.info.update(info)
         images = sum(t.info["rollout_images"] for t in d.tasks)
+        busy = {}  # seconds each worker spent generating: the pool's rate when busy, in either mode
+        for t in d.tasks:
+            busy[t.worker] = busy.get(t.worker, 0.0) + t.info["rollout_seconds"]
         metrics = {
             "rollout/images": float(images),
-            "rollout/images_per_s": images / max((rollout_done or time.perf_counter()) - d.started, 1e-9),
-            "rollout/worker_images_per_s": images / max(sum(t.info["rollout_seconds"] for t in d.tasks), 1e-9),
+            "rollout/images_per_s": images / max(max(busy.values()), 1e-9),
+            "rollout/wall_s": (rollout_done or time.perf_counter()) - d.started,  # dispatch -> last rollout stored
             "exchange/rollout_bytes": float(sum(t.info["rollout_bytes"] for t in d.tasks)),
             "restarts/rollout": float(self.rollout.restarts),
             "restarts/reward": float(self.reward.restarts),
@@ -269,7 +280,7 @@ class Runtime:
         if self.weight_group:
             ray.get([m.leave_group.remote(self.weight_group) for m in members], timeout=60)
         self.group_generation += 1
-        self.weight_group = f"maskrl-weights-{id(self):x}-{self.group_generation}"
+        self.weight_group = f"maskrl-weights-{uuid.uuid4().hex[:12]}"
         store, binds = rendezvous_hosts(ray.get([m.address.remote() for m in members]))
         use_nccl = self.pools["learner"].spec.gpus > 0 and self.pools["rollout"].spec.gpus > 0
         backend = collective.NCCL if use_nccl else collective.GLOO
@@ -277,15 +288,25 @@ class Runtime:
         self.weight_group_stale = False
         return self.weight_group
 
-    # -- evaluation, samples, checkpoints
+    # -- evaluation, samples, checkpoints (on rollout worker 0, which holds the current weights)
+    def _on_worker0(self, method: str, *args):
+        for attempt in range(2):
+            actor = self.rollout[0]
+            try:
+                return ray.get(getattr(actor, method).remote(*args))
+            except RayActorError:
+                if attempt:
+                    raise
+                self._recover(self.rollout, 0, actor)
+
     def evaluate(self) -> dict[str, float]:
-        metrics = ray.get(self.rollout[0].evaluate.remote(self.cfg))
+        metrics = self._on_worker0("evaluate", self.cfg)
         metrics.pop("version", None)
         return metrics
 
     def sample_grid(self, prompts: list[str], samples: int) -> np.ndarray:
         e = self.cfg.eval
-        return ray.get(self.rollout[0].sample_grid.remote(prompts, samples, e.sampling, e.seed))
+        return self._on_worker0("sample_grid", prompts, samples, e.sampling, e.seed)
 
     def save(self, directory: Path, extra: dict) -> str:
         self.settle()
@@ -366,7 +387,7 @@ def train(
         (run / "grids").mkdir(exist_ok=True)
         (run / "grids" / "prompts.txt").write_text("\n".join(grid_prompts) + "\n")
         if state is None:
-            base = rt.evaluate()
+            base = rt.evaluate() if cfg.eval.before else {}
             log.log(0, base)
             write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / "iter_00000.png")
         else:

@@ -73,6 +73,8 @@ class LearnerRank:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch.set_num_threads(threads)
+        # DeepSpeed's ZeRO collectives call torch's all_gather_into_tensor, which torch 2.x deprecates
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
         self.rank, self.world_size, self.cfg, self.use_gpu = rank, world_size, cfg, use_gpu
         self.version = 0
 
@@ -217,19 +219,33 @@ class LearnerRank:
         return str(out)
 
     # -- optimiser state: safetensors per rank (ZeRO shards need the same ranks and stage to resume)
+    @contextlib.contextmanager
     def _inner_optimizer(self):
+        """The torch AdamW that steps this rank's (flat, partitioned) fp32 parameters. ZeRO-3 attaches
+        those to its param groups only around a step, so attach them meanwhile, as DeepSpeed's own
+        state_dict does."""
         opt = self.engine.optimizer
-        return getattr(opt, "optimizer", opt)
+        inner = getattr(opt, "optimizer", opt)
+        attach = getattr(opt, "_set_fp32_optimizer_param_groups", None)
+        if attach is None:
+            yield inner
+            return
+        attach()
+        try:
+            yield inner
+        finally:
+            opt._clear_fp32_optimizer_param_groups()
 
     def _save_optimizer(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        opt, tensors = self._inner_optimizer(), {}
-        for gi, group in enumerate(opt.param_groups):
-            for pi, p in enumerate(group["params"]):
-                for key, value in opt.state.get(p, {}).items():
-                    tensors[f"{gi}.{pi}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+        tensors = {}
+        with self._inner_optimizer() as opt:
+            for gi, group in enumerate(opt.param_groups):
+                for pi, p in enumerate(group["params"]):
+                    for key, value in opt.state.get(p, {}).items():
+                        tensors[f"{gi}.{pi}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
         meta = {"ranks": str(self.world_size), "zero_stage": str(self.cfg.cluster.learner.zero_stage)}
         save_file(tensors, directory / f"rank{self.rank:03d}.safetensors", metadata=meta)
 
@@ -239,17 +255,20 @@ class LearnerRank:
         path = directory / f"rank{self.rank:03d}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"optimizer shard {str(path)!r} is missing")
-        opt = self._inner_optimizer()
-        with safe_open(path, "pt") as f:
+        with safe_open(path, "pt") as f, self._inner_optimizer() as opt:
             meta = f.metadata() or {}
             want = {"ranks": str(self.world_size), "zero_stage": str(self.cfg.cluster.learner.zero_stage)}
             if {k: meta.get(k) for k in want} != want:
                 raise ValueError(f"optimizer state in {str(directory)!r} was saved with {meta}; this run has {want}")
+            loaded = 0
             for gi, group in enumerate(opt.param_groups):
                 for pi, p in enumerate(group["params"]):
                     keys = [k for k in f.keys() if k.startswith(f"{gi}.{pi}.")]
                     if keys:
                         opt.state[p] = {k.split(".", 2)[2]: f.get_tensor(k).to(p.device) for k in keys}
+                        loaded += len(keys)
+            if loaded != len(f.keys()):
+                raise ValueError(f"optimizer state in {str(path)!r} does not fit this optimizer ({loaded} of {len(f.keys())} tensors used)")
 
 
 LearnerActor = ray.remote(LearnerRank)  # the class itself stays importable, so Ray pickles it by reference

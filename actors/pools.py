@@ -110,13 +110,14 @@ class ResourcePool:
 class WorkerGroup:
     """The actors of one pool; a dead one is replaced in its bundle (at most `max_restarts` times)."""
 
-    def __init__(self, pool: ResourcePool, actor_cls, args: tuple, max_restarts: int):
+    def __init__(self, pool: ResourcePool, actor_cls, args: tuple, max_restarts: int, runtime_env: dict | None = None):
         self.pool, self.actor_cls, self.args, self.max_restarts = pool, actor_cls, args, max_restarts
+        self.extra = {"runtime_env": runtime_env} if runtime_env else {}
         self.restarts = 0
         self.actors = [self._start(i, args) for i in range(pool.spec.count)]
 
     def _start(self, index: int, args: tuple):
-        return self.actor_cls.options(**self.pool.options(index)).remote(*args)
+        return self.actor_cls.options(**self.pool.options(index), **self.extra).remote(*args)
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -10,11 +10,12 @@ import torch
 
 from maskrl.iteration import score
 from maskrl.rewards import build_reward
+from maskrl.rewards.base import RewardConfig
 from maskrl.trajectory import TrajectoryBatch
 
 
 class RewardWorker:
-    def __init__(self, reward: str, threads: int):
+    def __init__(self, reward: RewardConfig | str, threads: int):
         torch.set_num_threads(threads)
         self.reward = build_reward(reward)
 

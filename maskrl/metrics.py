@@ -40,6 +40,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def summary_line(iteration: int, metrics: dict[str, float]) -> str:
-    keys = ("reward/mean", "reward/pass_rate", "groups/filtered", "loss/clip_frac", "loss/kl_ref", "time/iteration")
+    keys = ("reward/mean", "reward/pass", "groups/filtered", "loss/clip_frac", "loss/kl_ref", "time/iteration")
     parts = [f"{k.split('/')[-1]}={metrics[k]:.3f}" for k in keys if k in metrics]
     return f"iter {iteration:4d} " + " ".join(parts)

@@ -86,6 +86,10 @@ def test_bad_input_fails_fast_naming_it(ray_instance, ckpt, tmp_path, capsys):
     assert "grpo.lr_typo" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="cluster.mode"):
         train(tiny_config(ckpt, tmp_path / "run", mode="fast"))
+    unknown_reward = tiny_config(ckpt, tmp_path / "run")
+    unknown_reward.reward.name = "no_such_reward"
+    with pytest.raises(ConfigError, match="unknown reward 'no_such_reward'"):
+        train(unknown_reward)
     with pytest.raises(FileNotFoundError, match="no/such/checkpoint"):
         train(tiny_config("no/such/checkpoint", tmp_path / "run"))
     groups_before = len(ray.util.placement_group_table())

@@ -100,3 +100,26 @@ def test_batch_must_hold_exactly_the_planned_groups(tiny_policy):
     duplicated = batch.concat([batch, batch.select(torch.tensor([0, 1]))])
     with pytest.raises(RuntimeError, match=r"wrong sizes \{0: 4\}"):
         check_groups(duplicated, [0, 1, 2], group_size=2)
+
+
+def test_metric_names_become_prometheus_gauge_names():
+    from actors.metrics import gauge_name
+
+    assert gauge_name("reward/mean") == "maskrl_reward_mean"
+    assert gauge_name("loss/clip_frac_first_epoch") == "maskrl_loss_clip_frac_first_epoch"
+
+
+def test_sample_grid_png_has_a_cell_per_sample(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from actors.driver import write_grid
+    from maskrl.world import PALETTE
+
+    grids = np.zeros((2, 3, 16, 16), dtype=np.uint8)
+    grids[1, 2] = 4  # last sample of the second prompt: all yellow
+    write_grid(grids, tmp_path / "g.png", scale=2)
+    img = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
+    assert img.shape == (2 * 34 + 2, 3 * 34 + 2, 3)
+    assert tuple(img[2 + 34 + 16, 2 + 2 * 34 + 16]) == tuple(PALETTE[4])
+    assert tuple(img[2 + 16, 2 + 16]) == tuple(PALETTE[0])

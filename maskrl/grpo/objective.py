@@ -26,7 +26,7 @@ class GRPOConfig:
     lr: float = 3e-5
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.02
-    warmup_iters: int = 2
+    warmup_iters: int = 0  # the first warm-up iteration runs at lr 0
     min_lr_ratio: float = 0.1
     clip_low: float = 0.2
     clip_high: float = 0.28  # the paper widens the upper bound

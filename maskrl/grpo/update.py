@@ -38,7 +38,8 @@ def grpo_update(
             mb = order[start : start + cfg.minibatch_pairs]
             mine = mb[rank * len(mb) // world_size : (rank + 1) * len(mb) // world_size]
             loss, metrics = grpo_loss(policy, reference, batch, traj[mine], step[mine], cfg, sampling)
-            metrics["grad_norm"] = optimizer_step(loss)
+            # ranks average gradients: weight each rank's mean by its share of the minibatch
+            metrics["grad_norm"] = optimizer_step(loss * (len(mine) * world_size / len(mb)))
             for name, value in metrics.items():
                 seen[name].append(float(value))
         per_epoch.append(seen)
