@@ -7,7 +7,9 @@ piece in an actor pool. Only object refs pass through the driver, never trajecto
 Modes: `sync` (on-policy; the rollouts of iteration k use weights k-1, as the learner has them)
 and `async` (the rollouts of k+1 are dispatched before the learner updates on k, so they use
 weights one version old: the lag is at most 1, and the recorded behaviour log-probs give the
-importance ratios). A rollout or reward worker that dies is replaced in its bundle and its
+importance ratios; `--resume` of an async run regenerates the one in-flight batch with the
+checkpoint's weights, so only its prompt stream and iteration count match an uninterrupted
+run, while a sync resume is exact). A rollout or reward worker that dies is replaced in its bundle and its
 tasks are resubmitted with the same seeds; the learner checks that the batch holds exactly
 the planned groups.
 """
@@ -28,7 +30,7 @@ from ray.exceptions import ObjectLostError, RayActorError
 from tqdm import tqdm
 
 from actors import collective
-from actors.learner import LearnerGroup, update_seed
+from actors.learner import LearnerGroup
 from actors.metrics import RayMetricsSink
 from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_specs, rendezvous_hosts
 from actors.reward import RewardActor
@@ -76,8 +78,6 @@ class DriverState:
     stream_position: int  # prompt stream index of the first prompt not yet trained on
     seed: int
     checkpoint: str  # policy directory of this state
-    next_update_seed: int = 0
-    next_rollout_seed: int = 0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -434,8 +434,6 @@ def train(
                 rt.save(directory, {"iteration": it})
                 DriverState(
                     iteration=it, stream_position=current.end_position, seed=cfg.seed, checkpoint=str(directory),
-                    next_update_seed=update_seed(cfg.seed, it + 1),
-                    next_rollout_seed=task_seed(cfg.seed, it + 1, current.end_position),
                     extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
                            "zero_stage": cfg.cluster.learner.zero_stage},
                 ).write(directory / STATE_FILE, run / STATE_FILE)

@@ -73,23 +73,27 @@ def sample(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generat
 
 
 def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
-    text_ids = policy.encode_prompts(prompts)
+    if cfg.steps > policy.num_image_tokens:
+        raise ValueError(f"sampling steps={cfg.steps} exceeds the {policy.num_image_tokens} image tokens to reveal")
+    dev = next(policy.parameters()).device  # random draws stay on the CPU generator: seeded anywhere
+    text_ids = policy.encode_prompts(prompts).to(dev)
     null_ids, attn_mask = text_inputs(policy, text_ids, cfg)
     b, n, steps = len(prompts), policy.num_image_tokens, cfg.steps
-    state = torch.full((b, n), policy.mask_code, dtype=torch.long)
-    reveal = torch.full((b, n), steps, dtype=torch.long)
-    cutoff = torch.zeros(b, steps)
-    step_logp, steps_idx = [], torch.arange(steps)
+    state = torch.full((b, n), policy.mask_code, dtype=torch.long, device=dev)
+    reveal = torch.full((b, n), steps, dtype=torch.long, device=dev)
+    cutoff = torch.zeros(b, steps, device=dev)
+    step_logp, steps_idx = [], torch.arange(steps, device=dev)
     noise = noise_at(steps_idx, cfg).float()
     for t, keep_masked in enumerate(masked_counts(n, steps)):
         logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, cfg)
         step_logp.append(logp)
         masked = state == policy.mask_code
-        sampled = torch.multinomial(logp.exp().reshape(b * n, -1), 1, generator=generator).reshape(b, n)
+        probs = logp.exp().reshape(b * n, -1).cpu()
+        sampled = torch.multinomial(probs, 1, generator=generator).reshape(b, n).to(dev)
         sampled = torch.where(masked, sampled, state)
         token_logp = logp.gather(-1, sampled[..., None]).squeeze(-1)
-        gumbel = -torch.log(-torch.log(torch.rand(b, n, generator=generator).clamp(1e-20, 1 - 1e-7)))
-        confidence = token_logp + noise[t] * gumbel
+        uniform = torch.rand(b, n, generator=generator).clamp(1e-20, 1 - 1e-7).to(dev)
+        confidence = token_logp + noise[t] * -torch.log(-torch.log(uniform))  # + sigma_t * Gumbel
         confidence = confidence.masked_fill(~masked, float("inf"))
         reveal_now = masked.clone()
         if keep_masked:
@@ -103,4 +107,4 @@ def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, 
          for t, lp in enumerate(step_logp)],
         dim=1,
     )
-    return Rollout(tokens=state, reveal_step=reveal, cutoff=cutoff, behaviour_logprob=behaviour.float())
+    return Rollout(tokens=state.cpu(), reveal_step=reveal.cpu(), cutoff=cutoff.cpu(), behaviour_logprob=behaviour.float().cpu())

@@ -82,7 +82,8 @@ class TrajectoryBatch:
     @classmethod
     def from_arrow(cls, batch: pa.RecordBatch | pa.Table) -> "TrajectoryBatch":
         if isinstance(batch, pa.Table):
-            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else batch.to_batches()[0]
+            batches = batch.combine_chunks().to_batches()
+            batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=batch.schema)
         meta = batch.schema.metadata or {}
         version = meta.get(_META_VERSION, b"<none>").decode()
         if version != SCHEMA_VERSION:
@@ -97,7 +98,7 @@ class TrajectoryBatch:
             col, is_list = batch.column(name), name in _TENSORS
             if (col.type.value_type if pa.types.is_fixed_size_list(col.type) and is_list else col.type) != atype:
                 raise SchemaError(f"trajectory column {name!r} has type {col.type}, expected {atype} values")
-            array = (col.values if is_list else col).to_numpy(zero_copy_only=True)
+            array = (col.flatten() if is_list else col).to_numpy(zero_copy_only=True)  # flatten honours slices
             values[name] = _as_torch(array.reshape(len(col), -1) if is_list else array)
         return cls(**values)
 

@@ -139,7 +139,30 @@ def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy):
         objective.clipped_surrogate = original
     torch.testing.assert_close(seen[0], torch.ones_like(seen[0]), atol=1e-4, rtol=0)  # ratio 1 before the update
     assert metrics["clip_frac_first_epoch"] == 0.0
+    assert math.isfinite(metrics["kl_ref"]) and metrics["kl_ref"] > 0
+    assert (seen[-1] - 1).abs().max() > 1e-4  # by the second epoch the policy has moved
     traj, stp = torch.arange(len(prepared)), torch.zeros(len(prepared), dtype=torch.long)
     with torch.no_grad():
         kl_after = k3_kl(score_pairs(tiny_policy, prepared, traj, stp, sampling), score_pairs(reference, prepared, traj, stp, sampling))
     assert kl_after.mean() > 0
+
+
+def test_a_rank_with_an_empty_slice_still_steps_and_stays_finite(tiny_policy):
+    sampling = SamplingConfig(steps=3)
+    cfg = GRPOConfig(group_size=2, steps_per_traj=1, epochs=1, minibatch_pairs=3)
+    batch = rollout_groups(tiny_policy, PromptStream(0).take(2), 2, sampling, torch.Generator().manual_seed(0), 0)
+    batch = batch.__class__(**{**batch.__dict__, "reward": torch.tensor([0.0, 1.0, 0.2, 0.9])})
+    prepared = prepare(batch, cfg).batch
+    losses = []
+
+    def step(loss):
+        losses.append(float(loss.detach()))
+        return 0.0
+
+    grpo_update(tiny_policy, None, prepared, cfg, sampling, step, torch.Generator().manual_seed(0), rank=2, world_size=3)
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_more_steps_than_image_tokens_is_refused(tiny_policy):
+    with pytest.raises(ValueError, match="steps=300"):
+        rollout_groups(tiny_policy, PromptStream(0).take(1), 1, SamplingConfig(steps=300), torch.Generator(), 0)

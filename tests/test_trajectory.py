@@ -55,3 +55,9 @@ def test_select_and_concat(batch):
     parts = [batch.select([0, 1]), batch.select([2, 3, 4, 5])]
     joined = TrajectoryBatch.concat(parts)
     assert torch.equal(joined.tokens, batch.tokens) and joined.prompts == batch.prompts
+
+
+def test_a_sliced_record_batch_reads_its_own_rows(batch):
+    part = TrajectoryBatch.from_arrow(batch.to_arrow().slice(2, 3))
+    assert torch.equal(part.tokens, batch.tokens[2:5]) and torch.equal(part.cutoff, batch.cutoff[2:5])
+    assert part.prompts == batch.prompts[2:5]

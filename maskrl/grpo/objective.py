@@ -49,13 +49,14 @@ def score_pairs(
     policy: ShowoPolicy, batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig
 ) -> torch.Tensor:
     """(P,) transition log-probs (of `sampling.variant`) of the pairs under `policy`, differentiable."""
-    tokens, reveal = batch.tokens[traj], batch.reveal_step[traj]
-    text_ids = batch.prompt_ids[traj].long()
+    dev = next(policy.parameters()).device
+    tokens, reveal = batch.tokens[traj].to(dev), batch.reveal_step[traj].to(dev)
+    text_ids, cutoff, step = batch.prompt_ids[traj].long().to(dev), batch.cutoff[traj, step].to(dev), step.to(dev)
     null_ids, attn_mask = text_inputs(policy, text_ids, sampling)
     state = state_before(tokens, reveal, step, policy.mask_code)
     logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, sampling)
     noise = noise_at(step, sampling).float()
-    return transition_logprob(logp, tokens, reveal, step, batch.cutoff[traj, step], noise, sampling.variant)
+    return transition_logprob(logp, tokens, reveal, step, cutoff, noise, sampling.variant)
 
 
 def clipped_surrogate(new_lp, old_lp, advantage, clip_low: float, clip_high: float):
@@ -82,8 +83,8 @@ def grpo_loss(policy, reference, batch: TrajectoryBatch, traj, step, cfg: GRPOCo
     if batch.variant != sampling.variant:
         raise ValueError(f"trajectories record {batch.variant!r} log-probs but the learner uses {sampling.variant!r}")
     new_lp = score_pairs(policy, batch, traj, step, sampling)
-    old_lp = batch.behaviour_logprob[traj, step]
-    loss, clip_frac, approx_kl = clipped_surrogate(new_lp, old_lp, batch.advantage[traj], cfg.clip_low, cfg.clip_high)
+    old_lp, advantage = batch.behaviour_logprob[traj, step].to(new_lp.device), batch.advantage[traj].to(new_lp.device)
+    loss, clip_frac, approx_kl = clipped_surrogate(new_lp, old_lp, advantage, cfg.clip_low, cfg.clip_high)
     metrics = {"clip_frac": clip_frac, "approx_kl": approx_kl, "ratio": (new_lp - old_lp).exp().mean().detach()}
     if reference is not None:
         with torch.no_grad():

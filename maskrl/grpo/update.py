@@ -37,6 +37,9 @@ def grpo_update(
         for start in range(0, len(order), cfg.minibatch_pairs):
             mb = order[start : start + cfg.minibatch_pairs]
             mine = mb[rank * len(mb) // world_size : (rank + 1) * len(mb) // world_size]
+            if not len(mine):  # a short last minibatch: this rank still joins the gradient all-reduce
+                optimizer_step(sum(p.sum() for p in policy.parameters()) * 0.0)
+                continue
             loss, metrics = grpo_loss(policy, reference, batch, traj[mine], step[mine], cfg, sampling)
             # ranks average gradients: weight each rank's mean by its share of the minibatch
             metrics["grad_norm"] = optimizer_step(loss * (len(mine) * world_size / len(mb)))
