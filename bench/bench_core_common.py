@@ -115,3 +115,14 @@ def table(header: list[str], rows: list[list], title: str | None = None) -> None
         print("  " + "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
         if i == 0:
             print("  " + "  ".join("-" * w for w in widths))
+
+
+def rate_table(times: dict[str, list[float]], work: dict[str, int], unit: str, baseline: str, title: str) -> dict[str, float]:
+    """Print each contestant's median throughput and its ratio to `baseline`; return the rates."""
+    rate = {k: work[k] / median(v) for k, v in times.items()}
+    table(
+        ["contestant", unit, "median s", "min s", "max s", f"{unit}/s", f"vs {baseline}"],
+        [[k, work[k], median(v), min(v), max(v), rate[k], f"{rate[k] / rate[baseline]:.2f}x"] for k, v in times.items()],
+        title=title,
+    )
+    return rate

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from bench_core_common import base_parser, interleave, median, prompts, sampling_config, setup, table
+from bench_core_common import base_parser, interleave, prompts, rate_table, sampling_config, setup
 from maskrl.grpo import GRPOConfig, grpo_loss, sample_steps
 from maskrl.iteration import PromptStream, rollout_groups
 from maskrl.sampling import SamplingConfig
@@ -165,13 +165,9 @@ def main(argv=None) -> None:
         contestants[f"reference@group{len(members)}"] = per_group
         pairs[f"reference@group{len(members)}"] = len(members) * batch.steps
     times = interleave(contestants, args.repeats)
-    rate = {k: pairs[k] / median(v) for k, v in times.items()}
+    rate = rate_table(times, pairs, "pairs", "reference@1",
+                      "learner throughput, forward + backward (median of interleaved repeats)")
     ref = rate["reference@1"]
-    table(
-        ["contestant", "pairs", "median s", "min s", "max s", "pairs/s", "vs reference@1"],
-        [[k, pairs[k], median(v), min(v), max(v), rate[k], f"{rate[k] / ref:.2f}x"] for k, v in times.items()],
-        title="learner throughput, forward + backward (median of interleaved repeats)",
-    )
     print(f"\nspeedup (batched@{n_pairs} / reference@1): {rate[f'batched@{n_pairs}'] / ref:.2f}x  (target >= 4x)")
 
 

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from bench_core_common import base_parser, interleave, median, prompts, sampling_config, setup, table
+from bench_core_common import base_parser, interleave, prompts, rate_table, sampling_config, setup
 from maskrl.sampling import sample
 
 
@@ -123,13 +123,8 @@ def main(argv=None) -> None:
     }
     images = {f"sampler@{args.batch}": args.batch, "sampler@1": len(ref_texts), "reference@1": len(ref_texts)}
     times = interleave(contestants, args.repeats)
-    rate = {k: images[k] / median(v) for k, v in times.items()}
+    rate = rate_table(times, images, "images", "reference@1", "rollout throughput (median of interleaved repeats)")
     ref = rate["reference@1"]
-    table(
-        ["contestant", "images", "median s", "min s", "max s", "images/s", "vs reference"],
-        [[k, images[k], median(v), min(v), max(v), rate[k], f"{rate[k] / ref:.2f}x"] for k, v in times.items()],
-        title="rollout throughput (median of interleaved repeats)",
-    )
     batched = rate[f"sampler@{args.batch}"]
     print(f"\nsampler images/s: batch 1 {rate['sampler@1']:.2f}, batch {args.batch} {batched:.2f} "
           f"(batching gain {batched / rate['sampler@1']:.2f}x)")

@@ -75,9 +75,7 @@ def train_local(cfg: TrainConfig) -> Path:
             metrics.update({f"loss/{k}": v for k, v in update.items()})
         sched.step()
         metrics["time/iteration"] = time.time() - start
-        if cfg.eval.every and it % cfg.eval.every == 0 and it != cfg.iterations:
-            metrics.update(eval_metrics(policy, cfg))
-        if it == cfg.iterations:
+        if it == cfg.iterations or (cfg.eval.every and it % cfg.eval.every == 0):
             metrics.update(eval_metrics(policy, cfg))
         log.log(it, metrics)
         tqdm.write(summary_line(it, metrics))

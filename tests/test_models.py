@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from maskrl.config import ConfigError, load_config
-from maskrl.models import PaletteTokenizer, ShowoPolicy, build_text_tokenizer, load_policy, save_policy
+from maskrl.models import PaletteTokenizer, ShowoConfig, ShowoPolicy, build_text_tokenizer, load_policy, save_policy
 from maskrl.pretrain import PretrainConfig
 from maskrl.world import VOCABULARY, PromptSampler, render_batch
 from tests.conftest import TINY
@@ -105,4 +105,6 @@ def test_config_rejects_unknown_and_mistyped_keys(tmp_path):
 def test_prompt_too_long_or_off_vocabulary_is_rejected(tiny_policy):
     with pytest.raises(ValueError, match="outside the tokenizer"):
         tiny_policy.encode_prompts(["a pink circle"])
-    assert ShowoPolicy(TINY).num_parameters > 0
+    short = ShowoPolicy(ShowoConfig(**{**TINY.__dict__, "max_text_len": 5}))
+    with pytest.raises(ValueError, match="max_text_len is 5"):
+        short.encode_prompts(["a circle to the left of a square"])
