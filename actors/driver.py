@@ -11,7 +11,10 @@ importance ratios; `--resume` of an async run regenerates the one in-flight batc
 checkpoint's weights, so only its prompt stream and iteration count match an uninterrupted
 run, while a sync resume is exact). A rollout or reward worker that dies is replaced in its bundle and its
 tasks are resubmitted with the same seeds; the learner checks that the batch holds exactly
-the planned groups.
+the planned groups. A lost learner rank (or a lost node) stops the group: every pool is torn
+down and rebuilt on the nodes that remain, and the run continues from its newest checkpoint
+that verifies (`cluster.max_recoveries` times at most). Checkpoints are written atomically
+(`maskrl.checkpoints`) and every fault is logged to `events.jsonl`.
 """
 from __future__ import annotations
 
@@ -26,25 +29,24 @@ from typing import Callable
 import numpy as np
 import ray
 from PIL import Image
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from actors import collective
-from actors.learner import LearnerGroup
+from actors.learner import LearnerGroup, LearnerLost
 from actors.metrics import RayMetricsSink
-from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_specs, rendezvous_hosts
+from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_layout, rendezvous_hosts
+from actors.runstate import EVENTS_FILE, STATE_FILE, DriverState, EventLog
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor, task_seed
 from actors.runtime import connect
+from maskrl.checkpoints import write_atomically
 from maskrl.config import ConfigError, to_yaml
 from maskrl.evaluation import held_out_prompts, resolve_checkpoint
 from maskrl.iteration import PromptStream
 from maskrl.metrics import MetricsLogger, read_metrics, summary_line
 from maskrl.train_config import TrainConfig
 from maskrl.world import to_rgb
-
-STATE_FILE = "driver_state.json"
-
 
 # -- input checks: everything here runs before Ray is joined or any actor is created -------------
 def validate(cfg: TrainConfig) -> None:
@@ -67,32 +69,7 @@ def validate(cfg: TrainConfig) -> None:
     except ConfigError as err:
         raise ConfigError(f"reward: {err}") from None
     resolve_checkpoint(cfg.checkpoint)  # FileNotFoundError naming it
-    pool_specs(c)  # PoolError naming the pool
-
-
-@dataclass
-class DriverState:
-    """What `--resume` needs besides the checkpoint's weights and optimiser shards."""
-
-    iteration: int  # iterations completed (= learner version)
-    stream_position: int  # prompt stream index of the first prompt not yet trained on
-    seed: int
-    checkpoint: str  # policy directory of this state
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, run: str | Path) -> "DriverState":
-        path = Path(run) / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"run directory {str(run)!r} has no {STATE_FILE}: not a `maskrl train` run, or no checkpoint yet")
-        state = cls(**json.loads(path.read_text()))
-        if not (Path(state.checkpoint) / "model.safetensors").is_file():
-            raise FileNotFoundError(f"resume checkpoint {state.checkpoint!r} named in {str(path)!r} is missing")
-        return state
-
-    def write(self, *paths: Path) -> None:
-        for p in paths:
-            p.write_text(json.dumps(self.__dict__, indent=2))
+    pool_layout(c)  # PoolError naming the pool
 
 
 # -- the pools and the operations of one iteration -------------------------------------------------
@@ -126,22 +103,23 @@ class Dispatched:
 class Runtime:
     """Resource pools, worker groups and learner; every method passes object refs only."""
 
-    def __init__(self, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
-        self.cfg, c = cfg, cfg.cluster
-        specs = pool_specs(c)
+    def __init__(self, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None, events: EventLog):
+        self.cfg, c, self.events = cfg, cfg.cluster, events
+        specs, self.shares = pool_layout(c)
         check_cluster(specs)  # PoolError naming the pool, before anything is created
         self.pools, self.groups = {}, {}
         try:
             for spec in specs:
                 self.pools[spec.name] = ResourcePool(spec, c.placement_timeout_s)
-            rs, ws = self.pools["rollout"].spec, self.pools["reward"].spec
+            rs, ws, ls = self.shares["rollout"], self.shares["reward"], self.shares["learner"]
             args = (policy_dir, version, cfg.rollout, rs.threads, rs.gpus > 0)
-            self.rollout = self.groups["rollout"] = WorkerGroup(self.pools["rollout"], RolloutActor, args, c.max_restarts)
+            self.rollout = self.groups["rollout"] = WorkerGroup(
+                self.pools[rs.pool], rs, RolloutActor, args, c.max_restarts, c.placement_timeout_s)
             self.reward = self.groups["reward"] = WorkerGroup(
-                self.pools["reward"], RewardActor, (cfg.reward, ws.threads), c.max_restarts,
+                self.pools[ws.pool], ws, RewardActor, (cfg.reward, ws.threads), c.max_restarts, c.placement_timeout_s,
                 runtime_env=cfg.reward.ray_runtime_env(),  # the reward's own dependencies, if any
             )
-            self.learner = LearnerGroup(self.pools["learner"], cfg, policy_dir, version, optimizer_dir)
+            self.learner = LearnerGroup(self.pools[ls.pool], ls, cfg, policy_dir, version, optimizer_dir)
             ray.get([a.ready.remote() for a in (*self.rollout.actors, *self.reward.actors)])
         except BaseException:
             self.shutdown()
@@ -186,14 +164,18 @@ class Runtime:
                 info = ray.get(ref)
             except RayActorError:  # the worker died: replace it, resubmit the task with the same seed
                 if rolling:
-                    self._recover(self.rollout, t.worker, t.actor)
+                    self._recover(self.rollout, t.worker, t.actor, d.iteration)
                     self._submit_rollout(t)
                 else:
-                    self._recover(self.reward, t.index % len(self.reward), t.reward_actor)
+                    self._recover(self.reward, t.index % len(self.reward), t.reward_actor, d.iteration)
                     self._submit_reward(t)
+                self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout" if rolling else "reward",
+                                groups=[i for i, _ in t.prompts])
                 pending[t.stats if rolling else t.reward_stats] = t
                 continue
             except ObjectLostError:  # the rollout's output is gone with its node: generate it again
+                self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout (output lost)",
+                                groups=[i for i, _ in t.prompts])
                 self._submit_rollout(t)
                 pending[t.stats] = t
                 continue
@@ -214,17 +196,20 @@ class Runtime:
             "rollout/images_per_s": images / max(max(busy.values()), 1e-9),
             "rollout/wall_s": (rollout_done or time.perf_counter()) - d.started,  # dispatch -> last rollout stored
             "exchange/rollout_bytes": float(sum(t.info["rollout_bytes"] for t in d.tasks)),
-            "restarts/rollout": float(self.rollout.restarts),
-            "restarts/reward": float(self.reward.restarts),
+            "restarts/rollout": float(self.events.counts["rollout_worker_replaced"]),
+            "restarts/reward": float(self.events.counts["reward_worker_replaced"]),
+            "restarts/learner": float(self.events.counts["learner_lost"]),
         }
         for key in {k for t in d.tasks for k in t.info if k.startswith("reward/")}:
             metrics[key] = sum(t.info[key] * t.info["images"] for t in d.tasks) / images
         return [t.scored for t in d.tasks], metrics
 
-    def _recover(self, group: WorkerGroup, index: int, dead) -> None:
+    def _recover(self, group: WorkerGroup, index: int, dead, iteration: int) -> None:
         if group[index] is not dead:  # another of its tasks already had it replaced
             return
         actor = group.replace(index)
+        kind = "rollout_worker_replaced" if group is self.rollout else "reward_worker_replaced"
+        self.events.log(kind, iteration, worker=index, replacements=group.restarts)
         if group is self.rollout:
             if self.worker_version != self.start_version:
                 actor.load_weights.remote(self.worker_version, self._weights_in_object_store())
@@ -265,8 +250,12 @@ class Runtime:
         for ref in pending:
             try:
                 seconds = ray.get(ref)
-            except RayActorError:
-                continue  # its next task fails and is resubmitted on a replacement holding these weights
+            except (RayActorError, RayTaskError) as err:
+                if self.learner.lost_ranks():  # the weights' source is gone: no worker can have them
+                    raise LearnerLost(f"a learner rank is gone while publishing weights: {err}") from err
+                if isinstance(err, RayTaskError):
+                    raise
+                continue  # a rollout worker died: its next task fails and is resubmitted on a replacement
             if isinstance(seconds, float):
                 slowest = max(slowest, seconds)
         self.last_load_seconds = slowest
@@ -282,7 +271,7 @@ class Runtime:
         self.group_generation += 1
         self.weight_group = f"maskrl-weights-{uuid.uuid4().hex[:12]}"
         store, binds = rendezvous_hosts(ray.get([m.address.remote() for m in members]))
-        use_nccl = self.pools["learner"].spec.gpus > 0 and self.pools["rollout"].spec.gpus > 0
+        use_nccl = self.shares["learner"].gpus > 0 and self.shares["rollout"].gpus > 0
         backend = collective.NCCL if use_nccl else collective.GLOO
         ray.get([m.join_group.remote(len(members), r, self.weight_group, store, binds[r], backend) for r, m in enumerate(members)])
         self.weight_group_stale = False
@@ -297,7 +286,7 @@ class Runtime:
             except RayActorError:
                 if attempt:
                     raise
-                self._recover(self.rollout, 0, actor)
+                self._recover(self.rollout, 0, actor, self.worker_version)
 
     def evaluate(self) -> dict[str, float]:
         metrics = self._on_worker0("evaluate", self.cfg)
@@ -308,9 +297,16 @@ class Runtime:
         e = self.cfg.eval
         return self._on_worker0("sample_grid", prompts, samples, e.sampling, e.seed)
 
-    def save(self, directory: Path, extra: dict) -> str:
+    def save(self, directory: Path, state: DriverState) -> Path:
+        """The learner's weights and optimiser shards plus the driver state, as one atomic checkpoint."""
         self.settle()
-        return self.learner.save(str(directory), extra)
+
+        def write(staging: Path) -> dict:
+            digests = self.learner.save(str(staging), {"iteration": state.iteration})
+            state.write(staging)
+            return digests
+
+        return write_atomically(directory, write)
 
     def shutdown(self) -> None:
         for g in self.groups.values():
@@ -338,7 +334,7 @@ def write_grid(grids: np.ndarray, path: Path, scale: int = 6) -> None:
 
 def _clear_run(run: Path) -> None:
     """A fresh run in a directory that holds an older one replaces that run's outputs (only those)."""
-    for name in (STATE_FILE, "metrics.jsonl", "summary.json"):
+    for name in (STATE_FILE, EVENTS_FILE, "metrics.jsonl", "summary.json"):
         (run / name).unlink(missing_ok=True)
     for name in ("tensorboard", "grids", "checkpoints"):
         shutil.rmtree(run / name, ignore_errors=True)
@@ -354,99 +350,134 @@ class TrainResult:
     dashboard: str | None
 
 
+Hook = Callable[[int, "Runtime"], None]
+
+
 # -- the loop ----------------------------------------------------------------------------------------
-def train(
-    cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
-    after_dispatch: Callable[[int, Runtime], None] | None = None,
-) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, after_dispatch: Hook | None = None) -> TrainResult:
     """Run (or, with `resume`, continue in `cfg.out`) a Mask-GRPO training on Ray.
 
-    `stop_after=k` stops after iteration k's checkpoint as an interruption would (for tests and
-    preemptible jobs); `after_dispatch(iteration, runtime)` is called once an iteration's rollouts
-    are in flight (tests use it to kill a worker mid-iteration)."""
+    A lost learner rank or node rebuilds every pool and continues from the newest checkpoint
+    that verifies, at most `cluster.max_recoveries` times. `stop_after=k` stops after iteration
+    k's checkpoint as an interruption would (for tests and preemptible jobs); `after_dispatch(
+    iteration, runtime)` is called once an iteration's rollouts are in flight (tests use it to
+    inject faults mid-iteration)."""
     validate(cfg)
     run = Path(cfg.out)
-    state = DriverState.read(run) if resume else None
+    if not resume:
+        _clear_run(run)
+    run.mkdir(parents=True, exist_ok=True)
+    events = EventLog(run)
+    state = DriverState.read(run, events) if resume else None
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    started_ray, dashboard = connect(cfg.cluster)
+    try:
+        for recoveries in range(cfg.cluster.max_recoveries + 1):
+            try:
+                return _train_from(cfg, run, state, events, dashboard, stop_after, after_dispatch)
+            except LearnerLost as err:
+                state = DriverState.latest(run, events)  # None: start over from the run's first weights
+                resumed = state.iteration if state else 0
+                if recoveries == cfg.cluster.max_recoveries:
+                    events.log("gave_up", resumed, error=str(err), max_recoveries=cfg.cluster.max_recoveries)
+                    then = f"`maskrl train --resume` continues from iteration {resumed}" if state else \
+                        "no checkpoint was written yet: start the run again"
+                    raise RuntimeError(
+                        f"the learner was lost {recoveries + 1} times (cluster.max_recoveries={cfg.cluster.max_recoveries}); "
+                        f"last: {err}. {then}"
+                    ) from err
+                events.log("learner_lost", resumed + 1, error=str(err), resume_from=resumed,
+                           checkpoint=state.checkpoint if state else cfg.checkpoint)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    raise AssertionError("unreachable")
+
+
+def _train_from(
+    cfg: TrainConfig, run: Path, state: DriverState | None, events: EventLog, dashboard: str | None,
+    stop_after: int | None, after_dispatch: Hook | None,
+) -> TrainResult:
+    """One attempt: build the pools from `state` (None: the run's first weights) and train to the end."""
     start = state.iteration if state else 0
     policy_dir = state.checkpoint if state else str(resolve_checkpoint(cfg.checkpoint))
     optimizer_dir = str(Path(state.checkpoint) / "optimizer") if state else None
     stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0)
-    if state is None:
-        _clear_run(run)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(to_yaml(cfg))
-    started_ray, dashboard = connect(cfg.cluster)
-    rt = None
+    # rows logged after the point we continue from belong to iterations that are about to be redone
+    kept = [m for m in read_metrics(run) if m["iteration"] <= start]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
+    rt = Runtime(cfg, policy_dir, start, optimizer_dir, events)
     try:
-        rt = Runtime(cfg, policy_dir, start, optimizer_dir)
-        if state:  # drop metrics logged after the checkpoint we continue from
-            kept = [m for m in read_metrics(run) if m["iteration"] <= start]
-            (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
         log = MetricsLogger(run, sinks=(RayMetricsSink(run.name),))
         grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
         (run / "grids").mkdir(exist_ok=True)
         (run / "grids" / "prompts.txt").write_text("\n".join(grid_prompts) + "\n")
-        if state is None:
+        base = {k: v for m in kept if m["iteration"] == 0 for k, v in m.items() if k.startswith("eval/")}
+        if not any(m["iteration"] == 0 for m in kept):
             base = rt.evaluate() if cfg.eval.before else {}
             log.log(0, base)
+        if not (run / "grids" / "iter_00000.png").exists():
             write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / "iter_00000.png")
-        else:
-            base = {k: v for m in read_metrics(run) if m["iteration"] == 0 for k, v in m.items() if k.startswith("eval/")}
         if dashboard:
             tqdm.write(f"ray dashboard: http://{dashboard}")
         tqdm.write(f"base held-out ShapesEval: {base.get('eval/overall', float('nan')):.3f}")
-
-        P, asynchronous = cfg.grpo.prompts_per_iter, cfg.cluster.mode == "async"
-
-        def dispatch(iteration: int) -> Dispatched:
-            d = rt.dispatch(iteration, stream.take(P), stream.position)
-            if after_dispatch:
-                after_dispatch(iteration, rt)
-            return d
-
-        ahead = dispatch(start + 1) if start < cfg.iterations else None
-        metrics: dict[str, float] = {}
-        last = start
-        for it in tqdm(range(start + 1, cfg.iterations + 1), desc="mask-grpo", initial=start, total=cfg.iterations, dynamic_ncols=True):
-            t0 = time.perf_counter()
-            current, ahead = ahead, None
-            scored, metrics = rt.collect(current)
-            metrics["time/rollout_wait"] = time.perf_counter() - t0
-            if asynchronous and it < cfg.iterations:
-                ahead = dispatch(it + 1)  # overlaps the update below, with weights it - 1
-            t1 = time.perf_counter()
-            metrics.update(rt.update(it, scored, current.groups))
-            metrics["time/learner"] = time.perf_counter() - t1
-            metrics["time/weight_sync"] = rt.publish(it, wait=not asynchronous)
-            metrics["time/weight_load"] = rt.last_load_seconds  # async: the load of the previous version
-            if not asynchronous and it < cfg.iterations:
-                ahead = dispatch(it + 1)
-            metrics["time/iteration"] = time.perf_counter() - t0
-            if (cfg.eval.every and it % cfg.eval.every == 0) or it == cfg.iterations:
-                metrics.update(rt.evaluate())
-            if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
-                write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png")
-            metrics["stream/position"] = float(current.end_position)
-            log.log(it, metrics)
-            tqdm.write(summary_line(it, metrics) + f" lag={metrics['version/lag_max']:.0f} img/s={metrics['rollout/images_per_s']:.1f}")
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                directory = run / "checkpoints" / f"iter_{it:05d}"
-                rt.save(directory, {"iteration": it})
-                DriverState(
-                    iteration=it, stream_position=current.end_position, seed=cfg.seed, checkpoint=str(directory),
-                    extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
-                           "zero_stage": cfg.cluster.learner.zero_stage},
-                ).write(directory / STATE_FILE, run / STATE_FILE)
-            last = it
-            if stop_after is not None and it >= stop_after and it % cfg.checkpoint_every == 0:
-                break
+        metrics, last = _loop(cfg, run, rt, stream, start, log, grid_prompts, stop_after, after_dispatch)
         log.close()
     finally:
-        if rt is not None:
-            rt.shutdown()
-        if started_ray:
-            ray.shutdown()
-    final_dir = run / "checkpoints" / f"iter_{last:05d}"
-    final = {k: v for k, v in metrics.items() if k.startswith("eval/")} if metrics else {}
+        rt.shutdown()
+    final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
     (run / "summary.json").write_text(json.dumps({"base": base, "final": final}, indent=2))
-    return TrainResult(run, final_dir, base, final, run / "grids", dashboard)
+    return TrainResult(run, run / "checkpoints" / f"iter_{last:05d}", base, final, run / "grids", dashboard)
+
+
+def _loop(
+    cfg: TrainConfig, run: Path, rt: Runtime, stream: PromptStream, start: int, log: MetricsLogger,
+    grid_prompts: list[str], stop_after: int | None, after_dispatch: Hook | None,
+) -> tuple[dict[str, float], int]:
+    """Iterations start+1 .. cfg.iterations; returns the last iteration's metrics and number."""
+    P, asynchronous = cfg.grpo.prompts_per_iter, cfg.cluster.mode == "async"
+
+    def dispatch(iteration: int) -> Dispatched:
+        d = rt.dispatch(iteration, stream.take(P), stream.position)
+        if after_dispatch:
+            after_dispatch(iteration, rt)
+        return d
+
+    ahead = dispatch(start + 1) if start < cfg.iterations else None
+    metrics: dict[str, float] = {}
+    last = start
+    for it in tqdm(range(start + 1, cfg.iterations + 1), desc="mask-grpo", initial=start, total=cfg.iterations, dynamic_ncols=True):
+        t0 = time.perf_counter()
+        current, ahead = ahead, None
+        scored, metrics = rt.collect(current)
+        metrics["time/rollout_wait"] = time.perf_counter() - t0
+        if asynchronous and it < cfg.iterations:
+            ahead = dispatch(it + 1)  # overlaps the update below, with weights it - 1
+        t1 = time.perf_counter()
+        metrics.update(rt.update(it, scored, current.groups))
+        metrics["time/learner"] = time.perf_counter() - t1
+        metrics["time/weight_sync"] = rt.publish(it, wait=not asynchronous)
+        metrics["time/weight_load"] = rt.last_load_seconds  # async: the load of the previous version
+        if not asynchronous and it < cfg.iterations:
+            ahead = dispatch(it + 1)
+        metrics["time/iteration"] = time.perf_counter() - t0
+        if (cfg.eval.every and it % cfg.eval.every == 0) or it == cfg.iterations:
+            metrics.update(rt.evaluate())
+        if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
+            write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png")
+        metrics["stream/position"] = float(current.end_position)
+        if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+            # the checkpoint comes before the metrics row: a row in metrics.jsonl is never for an
+            # iteration that a recovery would redo
+            state = DriverState(
+                iteration=it, stream_position=current.end_position, seed=cfg.seed, checkpoint="",
+                extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
+                       "zero_stage": cfg.cluster.learner.zero_stage},
+            )
+            rt.save(run / "checkpoints" / f"iter_{it:05d}", state)
+        log.log(it, metrics)
+        tqdm.write(summary_line(it, metrics) + f" lag={metrics['version/lag_max']:.0f} img/s={metrics['rollout/images_per_s']:.1f}")
+        last = it
+        if stop_after is not None and it >= stop_after and it % cfg.checkpoint_every == 0:
+            break
+    return metrics, last

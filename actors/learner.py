@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 
 from actors import collective, weights
+from maskrl.checkpoints import digest_tree
 from maskrl.evaluation import load_checkpoint
 from maskrl.grpo import grpo_update
 from maskrl.iteration import prepare
@@ -80,6 +82,9 @@ class LearnerRank:
 
     def address(self) -> tuple[str, str]:
         return collective.node_address()
+
+    def ready(self) -> int:
+        return self.version
 
     def free_port(self, host: str) -> int:
         with socket.socket() as s:
@@ -209,14 +214,19 @@ class LearnerRank:
     def leave_group(self, name: str) -> None:
         collective.leave(name)
 
-    def save(self, directory: str, extra: dict) -> str:
-        """Policy (safetensors, save_policy layout) from rank 0 and each rank's optimiser shard."""
+    def save(self, directory: str, extra: dict) -> dict[str, dict]:
+        """Policy (safetensors, save_policy layout) from rank 0 and each rank's optimiser shard;
+        returns the digests of the files this rank wrote (hashed here, where they were written)."""
         out = Path(directory)
+        before = set(digest_tree(out)) if self.rank == 0 and out.exists() else set()
         with self._full_weights():
             if self.rank == 0:
                 save_policy(self.module, out, extra={**extra, "version": self.version})
-        self._save_optimizer(out / "optimizer")
-        return str(out)
+        shard = self._save_optimizer(out / "optimizer")
+        mine = [str(shard.relative_to(out))]
+        if self.rank == 0:
+            mine += [n for n in digest_tree(out) if not n.startswith("optimizer/") and n not in before]
+        return digest_tree(out, mine)
 
     # -- optimiser state: safetensors per rank (ZeRO shards need the same ranks and stage to resume)
     @contextlib.contextmanager
@@ -236,7 +246,7 @@ class LearnerRank:
         finally:
             opt._clear_fp32_optimizer_param_groups()
 
-    def _save_optimizer(self, directory: Path) -> None:
+    def _save_optimizer(self, directory: Path) -> Path:
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -247,7 +257,9 @@ class LearnerRank:
                     for key, value in opt.state.get(p, {}).items():
                         tensors[f"{gi}.{pi}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
         meta = {"ranks": str(self.world_size), "zero_stage": str(self.cfg.cluster.learner.zero_stage)}
-        save_file(tensors, directory / f"rank{self.rank:03d}.safetensors", metadata=meta)
+        path = directory / f"rank{self.rank:03d}.safetensors"
+        save_file(tensors, path, metadata=meta)
+        return path
 
     def _load_optimizer(self, directory: Path) -> None:
         from safetensors import safe_open
@@ -274,35 +286,76 @@ class LearnerRank:
 LearnerActor = ray.remote(LearnerRank)  # the class itself stays importable, so Ray pickles it by reference
 
 
-class LearnerGroup:
-    """Driver-side handle of the N ranks: rendezvous, then every call goes to all ranks."""
+class LearnerLost(RuntimeError):
+    """A learner rank (or its node) is gone: the group cannot continue; the driver rebuilds it
+    from the last complete checkpoint."""
 
-    def __init__(self, pool, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
+
+class LearnerGroup:
+    """Driver-side handle of the N ranks: rendezvous, then every call goes to all ranks.
+
+    Every call waits for the ranks one by one and stops at the first failure: a dead rank raises
+    `LearnerLost` at once, even while the others are still blocked in a collective with it."""
+
+    def __init__(self, pool, share, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
         from actors.pools import rendezvous_hosts
 
-        spec, n = pool.spec, pool.spec.count
-        self.ranks = [LearnerActor.options(**pool.options(r)).remote(r, n, cfg, spec.threads, spec.gpus > 0) for r in range(n)]
-        master, _ = rendezvous_hosts(ray.get([r.address.remote() for r in self.ranks]))
-        port = ray.get(self.ranks[0].free_port.remote(master))
-        self.info = ray.get([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks])
+        n = pool.spec.count
+        self.ranks = [LearnerActor.options(**pool.options(r, share)).remote(r, n, cfg, share.threads, share.gpus > 0) for r in range(n)]
+        master, _ = rendezvous_hosts(self._all([r.address.remote() for r in self.ranks]))
+        port = self._all([self.ranks[0].free_port.remote(master)])[0]
+        self.info = self._all([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks])
+
+    def _all(self, refs: list) -> list:
+        try:
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done[0])
+            return ray.get(refs)
+        except (RayActorError, ObjectLostError) as err:
+            raise LearnerLost(f"a learner rank is gone: {_first_line(err)}") from err
+        except RayTaskError as err:  # a failed collective on a live rank means its peer is gone
+            dead = self.lost_ranks()
+            if dead:
+                raise LearnerLost(f"learner ranks {dead} are gone ({_first_line(err)})") from err
+            raise
+
+    def lost_ranks(self, timeout_s: float = 30.0) -> list[int]:
+        """Ranks that are dead or do not answer within `timeout_s` (stuck in a collective with a dead one)."""
+        refs = [r.ready.remote() for r in self.ranks]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        lost = []
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except (RayActorError, GetTimeoutError):
+                lost.append(i)
+        return lost
 
     def update(self, iteration: int, batch_refs: list, planned: list[int]) -> dict[str, float]:
-        return ray.get([r.update.remote(iteration, batch_refs, planned) for r in self.ranks])[0]
+        return self._all([r.update.remote(iteration, batch_refs, planned) for r in self.ranks])[0]
 
     def publish(self, version: int):
         """Object-store transport: the ref of rank 0's full weights (put once, read by every worker)."""
         refs = [r.publish.remote(version, "object_store") for r in self.ranks]
-        ray.get(refs[1:])
-        ray.wait(refs[:1], fetch_local=False)
+        self._all(refs[1:])
+        ray.wait(refs[:1], fetch_local=False)  # a failure of rank 0 surfaces where the workers load it
         return refs[0]
 
     def publish_collective(self, version: int, group: str, bucket_bytes: int) -> list:
         """Collective transport: refs of the ranks' publish calls (rank 0 broadcasts to `group`)."""
         return [r.publish.remote(version, "collective", group, bucket_bytes) for r in self.ranks]
 
-    def save(self, directory: str, extra: dict) -> str:
-        return ray.get([r.save.remote(directory, extra) for r in self.ranks])[0]
+    def save(self, directory: str, extra: dict) -> dict[str, dict]:
+        """Every rank writes its part into `directory`; returns the digests of all files written."""
+        return {k: v for part in self._all([r.save.remote(directory, extra) for r in self.ranks]) for k, v in part.items()}
 
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+

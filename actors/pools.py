@@ -20,16 +20,33 @@ class PoolError(ValueError):
     pass
 
 
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass(frozen=True)
 class PoolSpec:
+    """One placement group: `count` identical bundles of CPUs, GPUs and custom resources."""
+
     name: str
     count: int
     cpus: float
     gpus: float
+    resources: tuple[tuple[str, float], ...] = ()
+    strategy: str = "PACK"
 
     @property
     def bundle(self) -> dict[str, float]:
-        return {k: v for k, v in (("CPU", self.cpus), ("GPU", self.gpus)) if v > 0}
+        base = {k: v for k, v in (("CPU", self.cpus), ("GPU", self.gpus)) if v > 0}
+        return base | {k: v for k, v in self.resources if v > 0}
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one actor of a role takes of its bundle (the whole bundle unless colocated)."""
+
+    pool: str
+    cpus: float
+    gpus: float
 
     @property
     def threads(self) -> int:
@@ -37,21 +54,52 @@ class PoolSpec:
         return max(1, int(self.cpus))
 
 
-def pool_specs(cluster: ClusterConfig) -> list[PoolSpec]:
-    lc = cluster.learner
-    specs = [
-        PoolSpec("rollout", cluster.rollout.workers, cluster.rollout.cpus_per_worker, cluster.rollout.gpus_per_worker),
-        PoolSpec("reward", cluster.reward.workers, cluster.reward.cpus_per_worker, cluster.reward.gpus_per_worker),
-        PoolSpec("learner", lc.ranks, lc.cpus_per_rank, lc.gpus_per_rank),
-    ]
-    for s in specs:
-        if s.count < 1:
-            raise PoolError(f"pool '{s.name}' needs at least 1 worker, config asks for {s.count}")
-        if s.cpus < 0 or s.gpus < 0 or not s.bundle:
-            raise PoolError(f"pool '{s.name}': each worker needs some CPU or GPU (cpus={s.cpus}, gpus={s.gpus})")
+COLOCATED = "learner+rollout"
+
+
+def pool_layout(cluster: ClusterConfig) -> tuple[list[PoolSpec], dict[str, Share]]:
+    """The placement groups to create and each role's share of its bundles; errors name the pool."""
+    lc, rc, wc = cluster.learner, cluster.rollout, cluster.reward
+    sized = {"rollout": (rc.workers, rc.cpus_per_worker, rc.gpus_per_worker, rc.resources, rc.strategy),
+             "reward": (wc.workers, wc.cpus_per_worker, wc.gpus_per_worker, wc.resources, wc.strategy),
+             "learner": (lc.ranks, lc.cpus_per_rank, lc.gpus_per_rank, lc.resources, lc.strategy)}
+    for name, (count, cpus, gpus, resources, strategy) in sized.items():
+        if count < 1:
+            raise PoolError(f"pool '{name}' needs at least 1 worker, config asks for {count}")
+        if cpus < 0 or gpus < 0 or not (cpus > 0 or gpus > 0):
+            raise PoolError(f"pool '{name}': each worker needs some CPU or GPU (cpus={cpus}, gpus={gpus})")
+        if strategy not in STRATEGIES:
+            raise PoolError(f"pool '{name}': strategy {strategy!r} is not one of {list(STRATEGIES)}")
+        if any(v < 0 for v in resources.values()):
+            raise PoolError(f"pool '{name}': custom resources must be >= 0, got {dict(resources)}")
     if lc.gpus_per_rank not in (0, 1):
         raise PoolError(f"pool 'learner': gpus_per_rank must be 0 or 1 (one DeepSpeed rank per GPU), got {lc.gpus_per_rank}")
-    return specs
+
+    def spec(name: str) -> PoolSpec:
+        count, cpus, gpus, resources, strategy = sized[name]
+        return PoolSpec(name, count, cpus, gpus, tuple(sorted(resources.items())), strategy)
+
+    shares = {name: Share(name, sized[name][1], sized[name][2]) for name in sized}
+    if not cluster.colocate:
+        return [spec("rollout"), spec("reward"), spec("learner")], shares
+    if rc.workers != lc.ranks:
+        raise PoolError(
+            f"pool '{COLOCATED}': cluster.colocate puts rollout worker i on learner rank i's bundle, so "
+            f"cluster.rollout.workers ({rc.workers}) must equal cluster.learner.ranks ({lc.ranks})"
+        )
+    # one bundle per learner rank holding both actors; a GPU they both want is shared (half each)
+    gpus = max(lc.gpus_per_rank, rc.gpus_per_worker)
+    both = lc.gpus_per_rank > 0 and rc.gpus_per_worker > 0
+    resources = {**rc.resources, **lc.resources}
+    combined = PoolSpec(COLOCATED, lc.ranks, lc.cpus_per_rank + rc.cpus_per_worker, gpus,
+                        tuple(sorted(resources.items())), lc.strategy)
+    shares["learner"] = Share(COLOCATED, lc.cpus_per_rank, gpus / 2 if both else lc.gpus_per_rank)
+    shares["rollout"] = Share(COLOCATED, rc.cpus_per_worker, gpus / 2 if both else rc.gpus_per_worker)
+    return [combined, spec("reward")], shares
+
+
+def pool_specs(cluster: ClusterConfig) -> list[PoolSpec]:
+    return pool_layout(cluster)[0]
 
 
 def check_capacity(specs: list[PoolSpec], total: dict[str, float], largest_node: dict[str, float]) -> None:
@@ -69,7 +117,7 @@ def check_capacity(specs: list[PoolSpec], total: dict[str, float], largest_node:
                     f"pool '{s.name}' needs {per:g} {res} per worker, but no node of the Ray cluster has that many "
                     f"(largest: {largest_node.get(res, 0.0):g})"
                 )
-    for res in ("CPU", "GPU"):
+    for res in sorted({r for s in specs for r in s.bundle}):
         need = sum(s.bundle.get(res, 0.0) * s.count for s in specs)
         if need > total.get(res, 0.0) + 1e-9:
             parts = ", ".join(f"{s.name} {s.bundle.get(res, 0.0) * s.count:g}" for s in specs if s.bundle.get(res))
@@ -78,16 +126,17 @@ def check_capacity(specs: list[PoolSpec], total: dict[str, float], largest_node:
 
 def check_cluster(specs: list[PoolSpec]) -> None:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    largest = {res: max((n.get(res, 0.0) for n in nodes), default=0.0) for res in ("CPU", "GPU")}
+    names = {r for s in specs for r in s.bundle}
+    largest = {res: max((n.get(res, 0.0) for n in nodes), default=0.0) for res in names}
     check_capacity(specs, ray.cluster_resources(), largest)
 
 
 class ResourcePool:
     """One placement group of `count` identical bundles; actor i is pinned to bundle i."""
 
-    def __init__(self, spec: PoolSpec, timeout_s: float, strategy: str = "PACK"):
+    def __init__(self, spec: PoolSpec, timeout_s: float):
         self.spec = spec
-        self.pg = placement_group([spec.bundle] * spec.count, strategy=strategy, name=f"maskrl-{spec.name}")
+        self.pg = placement_group([spec.bundle] * spec.count, strategy=spec.strategy, name=f"maskrl-{spec.name}")
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:
             remove_placement_group(self.pg)
@@ -96,10 +145,10 @@ class ResourcePool:
                 f"{timeout_s:g}s (the cluster's free resources are {ray.available_resources()})"
             )
 
-    def options(self, index: int) -> dict:
+    def options(self, index: int, share: Share) -> dict:
         return {
-            "num_cpus": self.spec.cpus,
-            "num_gpus": self.spec.gpus,
+            "num_cpus": share.cpus,
+            "num_gpus": share.gpus,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index),
         }
 
@@ -108,16 +157,21 @@ class ResourcePool:
 
 
 class WorkerGroup:
-    """The actors of one pool; a dead one is replaced in its bundle (at most `max_restarts` times)."""
+    """The actors of one role; a dead one is replaced in its bundle (at most `max_restarts` times).
 
-    def __init__(self, pool: ResourcePool, actor_cls, args: tuple, max_restarts: int, runtime_env: dict | None = None):
-        self.pool, self.actor_cls, self.args, self.max_restarts = pool, actor_cls, args, max_restarts
+    A bundle on a lost node is re-placed by Ray on another node with room; a replacement that
+    gets no room within `timeout_s` fails, naming the pool, rather than waiting forever."""
+
+    def __init__(self, pool: ResourcePool, share: Share, actor_cls, args: tuple, max_restarts: int,
+                 timeout_s: float, runtime_env: dict | None = None):
+        self.pool, self.share, self.actor_cls, self.args = pool, share, actor_cls, args
+        self.max_restarts, self.timeout_s = max_restarts, timeout_s
         self.extra = {"runtime_env": runtime_env} if runtime_env else {}
         self.restarts = 0
         self.actors = [self._start(i, args) for i in range(pool.spec.count)]
 
     def _start(self, index: int, args: tuple):
-        return self.actor_cls.options(**self.pool.options(index), **self.extra).remote(*args)
+        return self.actor_cls.options(**self.pool.options(index, self.share), **self.extra).remote(*args)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -133,13 +187,15 @@ class WorkerGroup:
             ray.kill(self.actors[index])
         except Exception:  # already gone
             pass
-        self.actors[index] = self._start(index, args or self.args)
-        return self.actors[index]
-
-    def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
-        self.pool.remove()
+        actor = self.actors[index] = self._start(index, args or self.args)
+        ready, _ = ray.wait([actor.ready.remote()], timeout=self.timeout_s)
+        if not ready:
+            raise PoolError(
+                f"pool '{self.pool.spec.name}': the replacement of worker {index} was not running within "
+                f"{self.timeout_s:g}s (its node is gone and no other node has {self.pool.spec.bundle} free)"
+            )
+        ray.get(ready[0])  # a replacement that fails to start raises its own error here
+        return actor
 
 
 def rendezvous_hosts(addresses: list[tuple[str, str]]) -> tuple[str, list[str]]:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from actors import collective
 from maskrl.iteration import score
 from maskrl.rewards import build_reward
 from maskrl.rewards.base import RewardConfig
@@ -21,6 +22,9 @@ class RewardWorker:
 
     def ready(self) -> bool:
         return True
+
+    def address(self) -> tuple[str, str]:
+        return collective.node_address()
 
     @ray.method(num_returns=2)
     def score(self, record: pa.RecordBatch):

@@ -23,5 +23,5 @@ def connect(cluster: ClusterConfig) -> tuple[bool, str | None]:
     # RAY_AUTH_MODE=disabled), generating ~/.ray/auth_token and requiring it from every client,
     # the dashboard included. (Setting RAY_AUTH_MODE here would be too late: Ray reads it at import.)
     os.environ.update(env)  # local workers inherit the driver's environment
-    info = ray.init(include_dashboard=True, dashboard_host=cluster.dashboard_host, logging_level=logging.WARNING)
+    info = ray.init(address="local", include_dashboard=True, dashboard_host=cluster.dashboard_host, logging_level=logging.WARNING)
     return True, info.dashboard_url

@@ -24,7 +24,7 @@ from maskrl.trajectory import TrajectoryBatch
 def start_ray(num_cpus: int | None = None):
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
     print(f"ray {ray.__version__}: local instance, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
     return ray
 

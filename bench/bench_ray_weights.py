@@ -12,6 +12,8 @@ transfer is not all fixed costs.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench_core_common import interleave, median, table
@@ -21,13 +23,16 @@ from maskrl.train_config import ClusterConfig, LearnerConfig, PoolConfig, TrainC
 
 
 def measure(ray, checkpoint: str, nbytes: int, repeats: int, bucket_mb: float) -> list:
+    import tempfile
+
     from actors.driver import Runtime
+    from actors.runstate import EventLog
 
     cfg = TrainConfig(checkpoint=checkpoint, track_kl=False, cluster=ClusterConfig(
         rollout=PoolConfig(workers=2, cpus_per_worker=0.5), reward=PoolConfig(workers=1, cpus_per_worker=0.25),
         learner=LearnerConfig(ranks=2, cpus_per_rank=0.25, zero_stage=2), weight_bucket_mb=bucket_mb,
     ))
-    rt = Runtime(cfg, checkpoint, version=0, optimizer_dir=None)
+    rt = Runtime(cfg, checkpoint, version=0, optimizer_dir=None, events=EventLog(Path(tempfile.mkdtemp())))
     try:
         def publish(transport: str):
             def run():

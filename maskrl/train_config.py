@@ -24,6 +24,10 @@ class PoolConfig:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    # Ray custom resources each worker's bundle also takes: pins the pool to the nodes that
+    # declare them (e.g. {maskrl_rollout_node: 0.001} with `ray start --resources`).
+    resources: dict[str, float] = field(default_factory=dict)
+    strategy: str = "PACK"  # the pool's placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
 
 
 @dataclass
@@ -33,6 +37,8 @@ class LearnerConfig:
     cpus_per_rank: float = 1.0
     zero_stage: int = 2
     backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
+    resources: dict[str, float] = field(default_factory=dict)  # as PoolConfig.resources
+    strategy: str = "PACK"  # as PoolConfig.strategy
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
 
 
@@ -43,7 +49,12 @@ class ClusterConfig:
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(ranks=2))
     mode: str = "sync"  # sync (on-policy) | async (rollouts of k+1 overlap learning on k)
     weight_transport: str = "object_store"  # object_store | collective
-    max_restarts: int = 3  # a dead actor is replaced at most this many times per pool
+    max_restarts: int = 3  # a dead rollout/reward worker is replaced at most this many times per pool
+    # a lost learner rank (or its node): the pools are rebuilt and the run continues from the last
+    # complete checkpoint, at most this many times per run
+    max_recoveries: int = 3
+    # rollout worker i shares learner rank i's bundle (and GPU): needs rollout.workers == learner.ranks
+    colocate: bool = False
     dashboard_host: str = "127.0.0.1"
     weight_bucket_mb: float = 32.0  # bucket size of the collective weight broadcast
     groups_per_task: int = 0  # prompt groups per rollout task; 0: the iteration's groups split evenly over the workers

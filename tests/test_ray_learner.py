@@ -15,7 +15,7 @@ import ray
 import torch
 
 from actors.learner import LearnerGroup, update_seed
-from actors.pools import ResourcePool, pool_specs
+from actors.pools import ResourcePool, pool_layout
 from maskrl.grpo import grpo_update
 from maskrl.iteration import PromptStream, prepare, rollout_groups
 from maskrl.models import load_policy
@@ -58,8 +58,9 @@ def test_two_ranks_match_single_process_update(ray_instance, tmp_path, stage):
     policy = load_policy(ckpt).eval()
     reference = load_policy(ckpt).requires_grad_(False)
     optim, sched = make_optimizer(policy, cfg)
-    pool = ResourcePool([s for s in pool_specs(cfg.cluster) if s.name == "learner"][0], timeout_s=60)
-    learner = LearnerGroup(pool, cfg, ckpt, version=0, optimizer_dir=None)
+    specs, shares = pool_layout(cfg.cluster)
+    pool = ResourcePool([s for s in specs if s.name == "learner"][0], timeout_s=60)
+    learner = LearnerGroup(pool, shares["learner"], cfg, ckpt, version=0, optimizer_dir=None)
     try:
         if stage == 3:  # really sharded: each rank holds half of the elements
             assert learner.info[0]["local_params"] < 0.6 * learner.info[0]["params"]
@@ -86,7 +87,7 @@ def test_two_ranks_match_single_process_update(ray_instance, tmp_path, stage):
         assert moved > 100 * TOLERANCE  # the update did something
         assert diff <= TOLERANCE, f"ZeRO-{stage}: max |w_ray - w_single| = {diff:.2e}"
         learner.shutdown()
-        resumed = learner = LearnerGroup(pool, cfg, str(tmp_path / "iter1"), version=1, optimizer_dir=str(tmp_path / "iter1" / "optimizer"))
+        resumed = learner = LearnerGroup(pool, shares["learner"], cfg, str(tmp_path / "iter1"), version=1, optimizer_dir=str(tmp_path / "iter1" / "optimizer"))
         batch, groups = batches[2]
         resumed.update(2, [ray.put(batch.to_arrow())], groups)
         diff = max_diff(ray.get(resumed.publish(2)), policy)

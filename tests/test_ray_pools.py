@@ -48,7 +48,7 @@ def tiny_config(checkpoint: str, out, **cluster) -> TrainConfig:
 def local_ray(num_cpus: int = 2):
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
     try:
         yield ray
     finally:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
+from maskrl.checkpoints import MANIFEST, verify
 from maskrl.models.text_tokenizer import build_text_tokenizer
 
 FORMAT = "maskrl-showo/1"
@@ -168,6 +169,8 @@ def load_policy(directory: str | Path) -> ShowoPolicy:
                 f"checkpoint {str(path)!r} has no {name}; pass a directory written by maskrl "
                 "(`--checkpoint base` names the shipped base model)"
             )
+    if (path / MANIFEST).is_file():  # written by maskrl's trainer: refuse a truncated or unfinished copy
+        verify(path, deep=False)
     meta = json.loads((path / "config.json").read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
