@@ -218,14 +218,13 @@ class LearnerRank:
         """Policy (safetensors, save_policy layout) from rank 0 and each rank's optimiser shard;
         returns the digests of the files this rank wrote (hashed here, where they were written)."""
         out = Path(directory)
-        before = set(digest_tree(out)) if self.rank == 0 and out.exists() else set()
         with self._full_weights():
             if self.rank == 0:
                 save_policy(self.module, out, extra={**extra, "version": self.version})
         shard = self._save_optimizer(out / "optimizer")
         mine = [str(shard.relative_to(out))]
-        if self.rank == 0:
-            mine += [n for n in digest_tree(out) if not n.startswith("optimizer/") and n not in before]
+        if self.rank == 0:  # the policy files: everything at the top level (the shards are below optimizer/)
+            mine += [p.name for p in sorted(out.iterdir()) if p.is_file()]
         return digest_tree(out, mine)
 
     # -- optimiser state: safetensors per rank (ZeRO shards need the same ranks and stage to resume)

@@ -1,0 +1,138 @@
+"""A multi-node Ray cluster simulated on this machine (`ray.cluster_utils.Cluster`: one raylet per
+node, each with declared resources): pools land on the nodes their config asks for, a pool no
+node can hold is named, and a node removed mid-run (the learner's, without warning) costs
+nothing: the pools are rebuilt on the remaining nodes and the run ends equal to an undisturbed
+one.
+
+Nodes: the head (the driver; 1 CPU and `maskrl_reward_node`) and three workers A, B, C (2 CPUs
+and `maskrl_node` each). Rollout workers STRICT_SPREAD over the workers, learner ranks PACKed
+onto one of them, the reward worker on the head.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import psutil
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from actors.driver import Runtime, train
+from actors.pools import PoolError
+from actors.runstate import EventLog, read_events
+from tests.test_ray_driver import assert_nothing_lost
+from tests.test_ray_pools import tiny_checkpoint, tiny_config
+
+FAST_HEALTH_CHECKS = {  # a dead node is noticed in ~3 s instead of ~15 s
+    "health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3,
+}
+STORE = 150 * 2**20
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"maskrl_reward_node": 100}, "object_store_memory": STORE,
+        "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS,
+    })
+    c.names = {c.head_node.node_id: "head"}
+    for name in "ABC":
+        c.names[c.add_node(num_cpus=2, resources={"maskrl_node": 100}, object_store_memory=STORE).node_id] = name
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="warning")
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+def placed_config(ckpt, out, **cluster):
+    cfg = tiny_config(ckpt, out, **cluster)
+    c = cfg.cluster
+    c.rollout.resources, c.rollout.strategy = {"maskrl_node": 1}, "STRICT_SPREAD"
+    c.learner.resources, c.learner.strategy = {"maskrl_node": 1}, "PACK"
+    c.reward.resources = {"maskrl_reward_node": 1}
+    c.placement_timeout_s = 60
+    return cfg
+
+
+def lose_node(cluster, node) -> None:
+    """As a machine that is lost: its raylet and every process it started (the actors) are
+    SIGKILLed at once; returns once the cluster has noticed."""
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    workers = raylet.children(recursive=True)
+    cluster.remove_node(node, allow_graceful=False)
+    for proc in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    deadline = time.time() + 60
+    while any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes()):
+        assert time.time() < deadline, "the cluster did not notice the lost node within 60 s"
+        time.sleep(0.2)
+
+
+def nodes_of(cluster, actors) -> list[str]:
+    return [cluster.names[node] for node, _ in ray.get([a.address.remote() for a in actors])]
+
+
+def test_pools_land_on_the_nodes_the_config_asks_for(cluster, ckpt, tmp_path):
+    rt = Runtime(placed_config(ckpt, tmp_path / "run"), ckpt, 0, None, EventLog(tmp_path))
+    try:
+        rollout, learner = nodes_of(cluster, rt.rollout.actors), nodes_of(cluster, rt.learner.ranks)
+        assert nodes_of(cluster, rt.reward.actors) == ["head"]
+        assert len(set(rollout)) == 2 and set(rollout) <= set("ABC")  # spread: one worker a node
+        assert len(set(learner)) == 1 and set(learner) <= set("ABC")  # packed: one node
+    finally:
+        rt.shutdown()
+
+
+def test_colocated_rollout_worker_shares_its_learner_ranks_node(cluster, ckpt, tmp_path):
+    cfg = placed_config(ckpt, tmp_path / "run", colocate=True)
+    cfg.cluster.learner.strategy = "STRICT_SPREAD"
+    rt = Runtime(cfg, ckpt, 0, None, EventLog(tmp_path))
+    try:
+        learner = nodes_of(cluster, rt.learner.ranks)
+        assert nodes_of(cluster, rt.rollout.actors) == learner and len(set(learner)) == 2
+    finally:
+        rt.shutdown()
+
+
+def test_a_pool_no_node_can_hold_is_named(cluster, ckpt, tmp_path):
+    cfg = placed_config(ckpt, tmp_path / "run")
+    cfg.cluster.learner.resources = {"maskrl_gpu_node": 1}
+    with pytest.raises(PoolError, match=r"pool 'learner' needs 2 x 1 maskrl_gpu_node = 2 maskrl_gpu_node, but the Ray cluster has 0"):
+        train(cfg)
+    cfg = placed_config(ckpt, tmp_path / "run")
+    cfg.cluster.rollout.workers = 4  # STRICT_SPREAD: one a node, but only three nodes have maskrl_node
+    cfg.cluster.placement_timeout_s = 5
+    with pytest.raises(PoolError, match="pool 'rollout': placement group of 4 x .* was not placed within 5s"):
+        train(cfg)
+    assert not [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+
+
+def test_a_node_removed_mid_run_loses_nothing(cluster, ckpt, tmp_path):
+    undisturbed = train(placed_config(ckpt, tmp_path / "undisturbed"))
+    removed = []
+
+    def remove_the_learners_node(iteration, runtime):
+        if iteration == 3 and not removed:  # sync: 3 is dispatched before iteration 2's checkpoint
+            [node_id] = {node for node, _ in ray.get([r.address.remote() for r in runtime.learner.ranks])}
+            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            removed.append(cluster.names[node_id])
+            lose_node(cluster, node)
+
+    result = train(placed_config(ckpt, tmp_path / "run"), after_dispatch=remove_the_learners_node)
+    ms = assert_nothing_lost(result, undisturbed)
+    lost = [e for e in read_events(result.run) if e["kind"] == "learner_lost"]
+    assert removed and len(lost) == 1 and lost[0]["resume_from"] == 1
+    assert ms[-1]["restarts/learner"] == 1
+    alive = {cluster.names[n["NodeID"]] for n in ray.nodes() if n["Alive"]}
+    assert removed[0] not in alive and len(alive) == 3  # the rest of the run used the remaining nodes
