@@ -19,6 +19,7 @@ that verifies (`cluster.max_recoveries` times at most). Checkpoints are written 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -49,7 +50,7 @@ from maskrl.train_config import TrainConfig
 from maskrl.world import to_rgb
 
 # -- input checks: everything here runs before Ray is joined or any actor is created -------------
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, resume: bool = False) -> None:
     c = cfg.cluster
     choices = {
         "cluster.mode": (c.mode, ("sync", "async")),
@@ -68,8 +69,24 @@ def validate(cfg: TrainConfig) -> None:
         cfg.reward.validate()  # unknown reward or option: named, without building the model
     except ConfigError as err:
         raise ConfigError(f"reward: {err}") from None
-    resolve_checkpoint(cfg.checkpoint)  # FileNotFoundError naming it
+    start = resolve_checkpoint(cfg.checkpoint).resolve()  # FileNotFoundError naming it
+    validate_out(Path(cfg.out), start, resume)
     pool_layout(c)  # PoolError naming the pool
+
+
+def validate_out(out: Path, start: Path, resume: bool) -> None:
+    """The run directory: a directory we may write, and never one whose clearing (a fresh run
+    replaces an older run's outputs there) would delete the checkpoint the run starts from."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"config key 'out': {str(out)!r} is a file, not a run directory")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"config key 'out': cannot write under {str(parent)!r}")
+    if not resume and start.is_relative_to((out / "checkpoints").resolve()):
+        raise ConfigError(
+            f"config key 'checkpoint': {str(start)!r} lies inside the run directory 'out' ({str(out)!r}), whose "
+            "checkpoints a fresh run clears; pass --resume to continue that run, or choose another out"
+        )
 
 
 # -- the pools and the operations of one iteration -------------------------------------------------
@@ -362,7 +379,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     k's checkpoint as an interruption would (for tests and preemptible jobs); `after_dispatch(
     iteration, runtime)` is called once an iteration's rollouts are in flight (tests use it to
     inject faults mid-iteration)."""
-    validate(cfg)
+    validate(cfg, resume)
     run = Path(cfg.out)
     if not resume:
         _clear_run(run)
@@ -373,6 +390,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     started_ray, dashboard = connect(cfg.cluster)
     try:
         for recoveries in range(cfg.cluster.max_recoveries + 1):
+            nodes = _alive_nodes()
             try:
                 return _train_from(cfg, run, state, events, dashboard, stop_after, after_dispatch)
             except LearnerLost as err:
@@ -387,11 +405,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                         f"last: {err}. {then}"
                     ) from err
                 events.log("learner_lost", resumed + 1, error=str(err), resume_from=resumed,
-                           checkpoint=state.checkpoint if state else cfg.checkpoint)
+                           checkpoint=state.checkpoint if state else cfg.checkpoint,
+                           nodes_lost=sorted(nodes - _alive_nodes()))  # those the cluster has noticed by now
     finally:
         if started_ray:
             ray.shutdown()
     raise AssertionError("unreachable")
+
+
+def _alive_nodes() -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
 def _train_from(

@@ -133,6 +133,7 @@ def test_a_node_removed_mid_run_loses_nothing(cluster, ckpt, tmp_path):
     ms = assert_nothing_lost(result, undisturbed)
     lost = [e for e in read_events(result.run) if e["kind"] == "learner_lost"]
     assert removed and len(lost) == 1 and lost[0]["resume_from"] == 1
+    assert [cluster.names[n] for n in lost[0]["nodes_lost"]] == removed  # the cluster noticed before the rebuild
     assert ms[-1]["restarts/learner"] == 1
     alive = {cluster.names[n["NodeID"]] for n in ray.nodes() if n["Alive"]}
     assert removed[0] not in alive and len(alive) == 3  # the rest of the run used the remaining nodes

@@ -5,6 +5,8 @@ run is deterministic, so a run that survived a fault must equal the undisturbed 
 the same iterations once each, the same rewards, the same final weights."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import ray
 from safetensors.torch import load_file
@@ -165,6 +167,15 @@ def test_bad_input_fails_fast_naming_it(ray_instance, ckpt, tmp_path, capsys):
         train(unknown_reward)
     with pytest.raises(FileNotFoundError, match="no/such/checkpoint"):
         train(tiny_config("no/such/checkpoint", tmp_path / "run"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match="config key 'out': .*a_file' is a file"):
+        train(tiny_config(ckpt, tmp_path / "a_file"))
+    inside = tmp_path / "old" / "checkpoints" / "iter_00001"
+    inside.parent.mkdir(parents=True)
+    shutil.copytree(ckpt, inside)
+    with pytest.raises(ConfigError, match="config key 'checkpoint': .* lies inside the run directory 'out'"):
+        train(tiny_config(str(inside), tmp_path / "old"))  # a fresh run would delete its own starting point
+    assert (inside / "model.safetensors").is_file()
     groups_before = len(ray.util.placement_group_table())
     impossible = tiny_config(ckpt, tmp_path / "run")
     impossible.cluster.learner.gpus_per_rank = 1
