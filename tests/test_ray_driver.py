@@ -11,6 +11,7 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
+from actors.chaos import FaultInjector
 from actors.driver import DriverState, train
 from actors.pools import PoolError
 from actors.runstate import read_events
@@ -82,15 +83,9 @@ def test_async_lag_never_above_one(ray_instance, ckpt, tmp_path):
 def test_killed_rollout_worker_is_replaced_and_its_groups_regenerated_once(ray_instance, ckpt, tmp_path):
     cfg = tiny_config(ckpt, tmp_path / "kill", groups_per_task=1)  # 4 tasks: worker 0 holds two of them
     cfg.iterations = 2
-    killed = []
-
-    def kill_worker_0(iteration, runtime):
-        if iteration == 2:
-            killed.append(runtime.rollout[0])
-            ray.kill(runtime.rollout[0])  # mid-iteration: its two rollout tasks are in flight
-
-    ms = iterations(train(cfg, after_dispatch=kill_worker_0).run)
-    assert killed and [m["restarts/rollout"] for m in ms] == [0, 1]
+    faults = FaultInjector([(2, "rollout")])  # worker 0, mid-iteration: its two rollout tasks are in flight
+    ms = iterations(train(cfg, after_dispatch=faults).run)
+    assert faults.injected and [m["restarts/rollout"] for m in ms] == [0, 1]
     # the learner refuses any batch whose groups differ from the plan (check_groups): reaching
     # iteration 2's metrics means exactly the planned groups, each with exactly group_size rollouts
     assert ms[1]["batch/groups"] == cfg.grpo.prompts_per_iter
@@ -99,28 +94,16 @@ def test_killed_rollout_worker_is_replaced_and_its_groups_regenerated_once(ray_i
 
 
 def test_killed_reward_worker_is_replaced_and_nothing_is_lost(undisturbed, ckpt, tmp_path):
-    killed = []
-
-    def kill_reward_worker(iteration, runtime):
-        if iteration == 2 and not killed:
-            killed.append(runtime.reward[0])
-            ray.kill(runtime.reward[0])  # the rollouts are in flight; their scoring will need a new worker
-
-    ms = assert_nothing_lost(train(tiny_config(ckpt, tmp_path / "run"), after_dispatch=kill_reward_worker), undisturbed)
-    assert killed and [m["restarts/reward"] for m in ms] == [0, 1, 1]
+    faults = FaultInjector([(2, "reward")])  # the rollouts are in flight; their scoring will need a new worker
+    ms = assert_nothing_lost(train(tiny_config(ckpt, tmp_path / "run"), after_dispatch=faults), undisturbed)
+    assert faults.injected and [m["restarts/reward"] for m in ms] == [0, 1, 1]
     kinds = [e["kind"] for e in read_events(tmp_path / "run")]
     assert kinds[0] == "reward_worker_replaced" and set(kinds[1:]) == {"task_resubmitted"}
 
 
 def test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint(undisturbed, ckpt, tmp_path):
-    killed = []
-
-    def kill_learner_rank(iteration, runtime):
-        if iteration == 3 and not killed:  # sync: 3 is dispatched before iteration 2's checkpoint
-            killed.append(iteration)
-            ray.kill(runtime.learner.ranks[1])  # iteration 2 cannot be saved, nor 3 learned
-
-    result = train(tiny_config(ckpt, tmp_path / "run"), after_dispatch=kill_learner_rank)
+    # sync: 3 is dispatched before iteration 2's checkpoint, so neither can be saved
+    result = train(tiny_config(ckpt, tmp_path / "run"), after_dispatch=FaultInjector([(3, "learner")]))
     ms = assert_nothing_lost(result, undisturbed)
     [lost] = read_events(result.run)
     assert lost["kind"] == "learner_lost" and lost["resume_from"] == 1
@@ -131,13 +114,8 @@ def test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint(undistu
 def test_learner_recoveries_are_bounded_and_resume_continues(undisturbed, ckpt, tmp_path):
     cfg = tiny_config(ckpt, tmp_path / "run")
     cfg.cluster.max_recoveries = 0
-
-    def kill_learner_rank(iteration, runtime):
-        if iteration == 3:
-            ray.kill(runtime.learner.ranks[0])
-
     with pytest.raises(RuntimeError, match=r"lost 1 times \(cluster.max_recoveries=0\).*--resume` continues from iteration 1"):
-        train(cfg, after_dispatch=kill_learner_rank)
+        train(cfg, after_dispatch=FaultInjector([(3, "learner")]))
     assert [e["kind"] for e in read_events(cfg.out)] == ["gave_up"]
     assert [m["iteration"] for m in iterations(cfg.out)] == [1]
     assert_nothing_lost(train(cfg, resume=True), undisturbed)
