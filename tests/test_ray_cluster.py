@@ -5,7 +5,7 @@ nothing: the pools are rebuilt on the remaining nodes and the run ends equal to 
 one.
 
 Nodes: the head (the driver; 1 CPU and `maskrl_reward_node`) and three workers A, B, C (2 CPUs
-and `maskrl_node` each). Rollout workers STRICT_SPREAD over the workers, learner ranks PACKed
+and `maskrl_node` each; C also declares 2 GPUs). Rollout workers STRICT_SPREAD over the workers, learner ranks PACKed
 onto one of them, the reward worker on the head.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ray.cluster_utils import Cluster
 
 from actors.chaos import FaultInjector
 from actors.driver import Runtime, train
-from actors.pools import PoolError
+from actors.pools import COLOCATED, PoolError, ResourcePool, check_cluster, pool_layout
 from actors.runstate import EventLog, read_events
 from tests.test_ray_driver import assert_nothing_lost
 from tests.test_ray_pools import tiny_checkpoint, tiny_config
@@ -35,8 +35,9 @@ def cluster():
         "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS,
     })
     c.names = {c.head_node.node_id: "head"}
-    for name in "ABC":
-        c.names[c.add_node(num_cpus=2, resources={"maskrl_node": 100}, object_store_memory=STORE).node_id] = name
+    for name in "ABC":  # C also declares 2 GPUs (placement only: nothing here starts a GPU actor)
+        c.names[c.add_node(num_cpus=2, num_gpus=2 if name == "C" else 0, resources={"maskrl_node": 100},
+                           object_store_memory=STORE).node_id] = name
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="warning")
     try:
@@ -85,6 +86,25 @@ def test_colocated_rollout_worker_shares_its_learner_ranks_node(cluster, ckpt, t
         assert nodes_of(cluster, rt.rollout.actors) == learner and len(set(learner)) == 2
     finally:
         rt.shutdown()
+
+
+def test_gpu_bundles_land_on_the_gpu_node_and_colocated_ranks_share_a_gpu(cluster, ckpt, tmp_path):
+    cfg = placed_config(ckpt, tmp_path / "run", colocate=True)
+    cfg.cluster.learner.gpus_per_rank, cfg.cluster.rollout.gpus_per_worker = 1, 1
+    specs, shares = pool_layout(cfg.cluster)
+    check_cluster(specs)
+    assert {s.name: s.bundle.get("GPU", 0) for s in specs} == {COLOCATED: 1, "reward": 0}
+    assert shares["learner"].gpus == shares["rollout"].gpus == 0.5  # one GPU, half each
+    pools = [ResourcePool(s, timeout_s=60) for s in specs]
+    try:
+        placed = {p.spec.name: set(ray.util.placement_group_table(p.pg)["bundles_to_node_id"].values()) for p in pools}
+        assert {cluster.names[n] for n in placed[COLOCATED]} == {"C"} and {cluster.names[n] for n in placed["reward"]} == {"head"}
+    finally:
+        for p in pools:
+            p.remove()
+    cfg.cluster.learner.ranks = cfg.cluster.rollout.workers = 3  # 3 GPUs: no node has them all, the cluster has 2
+    with pytest.raises(PoolError, match=r"pool 'learner\+rollout' needs 3 x 1 GPU = 3 GPU, but the Ray cluster has 2 GPU"):
+        check_cluster(pool_layout(cfg.cluster)[0])
 
 
 def test_a_pool_no_node_can_hold_is_named(cluster, ckpt, tmp_path):

@@ -111,6 +111,17 @@ def test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint(undistu
     assert [m["restarts/learner"] for m in ms] == [0, 1, 1]
 
 
+def test_async_collective_run_survives_a_learner_rank(ckpt, ray_instance, tmp_path):
+    """Async mode with the collective weight broadcast (the Show-o recipe's settings)."""
+    cfg = tiny_config(ckpt, tmp_path / "run", mode="async", weight_transport="collective")
+    result = train(cfg, after_dispatch=FaultInjector([(3, "learner")]))  # async: 3 goes out before 2 is learned
+    ms = iterations(result.run)
+    assert [m["iteration"] for m in ms] == [1, 2, 3] and [m["stream/position"] for m in ms] == [4, 8, 12]
+    assert max(m["version/lag_max"] for m in ms) <= 1
+    [lost] = read_events(result.run)
+    assert lost["kind"] == "learner_lost" and lost["resume_from"] == 1
+
+
 def test_learner_recoveries_are_bounded_and_resume_continues(undisturbed, ckpt, tmp_path):
     cfg = tiny_config(ckpt, tmp_path / "run")
     cfg.cluster.max_recoveries = 0
