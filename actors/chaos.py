@@ -11,6 +11,8 @@ would start one.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +48,9 @@ class FaultInjector:
     schedule: list[tuple[int, str]]
     cluster: object = None  # a ray.cluster_utils.Cluster, for "node" faults
     replace_nodes: bool = True
+    # the replacement node joins this long after the loss (an autoscaler's boot), from a timer thread:
+    # the Cluster must be made with shutdown_at_exit=False (else adding a node installs signal handlers)
+    replace_after_s: float = 0.0
     injected: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -86,5 +91,6 @@ class FaultInjector:
         if self.replace_nodes:  # the same node type: CPUs, GPUs, custom resources, object store
             custom = {k: v for k, v in declared.items()
                       if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")}
-            self.cluster.add_node(num_cpus=int(declared.get("CPU", 0)), num_gpus=int(declared.get("GPU", 0)),
-                                  resources=custom, object_store_memory=int(declared["object_store_memory"]))
+            add = functools.partial(self.cluster.add_node, num_cpus=int(declared.get("CPU", 0)), num_gpus=int(declared.get("GPU", 0)),
+                                    resources=custom, object_store_memory=int(declared["object_store_memory"]))
+            threading.Timer(self.replace_after_s, add).start() if self.replace_after_s else add()

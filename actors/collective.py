@@ -139,6 +139,16 @@ def leave(group_name: str) -> None:
         collective.destroy_collective_group(group_name)
 
 
+def abandon(group_name: str) -> None:
+    """Mark a group whose broadcast broke (a member died): members that have not entered it yet
+    skip it instead of waiting for the dead one until the timeout (see `is_abandoned`)."""
+    internal_kv._internal_kv_put(f"maskrl_collective_abandoned_{group_name}", b"1", overwrite=True)
+
+
+def is_abandoned(group_name: str) -> bool:
+    return bool(internal_kv._internal_kv_exists(f"maskrl_collective_abandoned_{group_name}"))
+
+
 def node_address() -> tuple[str, str]:
     """(node id, node IP) of the calling process."""
     return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()

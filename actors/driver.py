@@ -18,6 +18,7 @@ that verifies (`cluster.max_recoveries` times at most). Checkpoints are written 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,16 +31,16 @@ from typing import Callable
 import numpy as np
 import ray
 from PIL import Image
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from actors import collective
 from actors.learner import LearnerGroup, LearnerLost
 from actors.metrics import RayMetricsSink
-from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_layout, rendezvous_hosts
+from actors.pools import PoolError, ResourcePool, WorkerGroup, check_cluster, dead_actors, pool_layout, rendezvous_hosts
 from actors.runstate import EVENTS_FILE, STATE_FILE, DriverState, EventLog
 from actors.reward import RewardActor
-from actors.rollout import RolloutActor, task_seed
+from actors.rollout import RolloutActor, VersionMismatch, task_seed
 from actors.runtime import connect
 from maskrl.checkpoints import write_atomically
 from maskrl.config import ConfigError, to_yaml
@@ -90,6 +91,10 @@ def validate_out(out: Path, start: Path, resume: bool) -> None:
 
 
 # -- the pools and the operations of one iteration -------------------------------------------------
+MAX_RESUBMITS = 3
+GRACE_S = 30.0  # how long learner rank 0 may take to leave a broken weight broadcast
+
+
 @dataclass
 class Task:
     """One rollout task (consecutive prompt groups) and its reward scoring."""
@@ -106,6 +111,7 @@ class Task:
     scored: ray.ObjectRef | None = None
     reward_stats: ray.ObjectRef | None = None
     info: dict = field(default_factory=dict)
+    resubmits: int = 0  # for missing weights (bounded: MAX_RESUBMITS)
 
 
 @dataclass
@@ -120,10 +126,15 @@ class Dispatched:
 class Runtime:
     """Resource pools, worker groups and learner; every method passes object refs only."""
 
-    def __init__(self, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None, events: EventLog):
+    def __init__(self, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None, events: EventLog,
+                 fail_fast: bool = True):
+        """`fail_fast`: a cluster too small for the pools is an error at once (PoolError naming the
+        pool); otherwise (a rebuild after a lost node) each pool waits `placement_timeout_s` for
+        room, e.g. for the autoscaler's replacement node."""
         self.cfg, c, self.events = cfg, cfg.cluster, events
         specs, self.shares = pool_layout(c)
-        check_cluster(specs)  # PoolError naming the pool, before anything is created
+        if fail_fast:
+            check_cluster(specs)
         self.pools, self.groups = {}, {}
         try:
             for spec in specs:
@@ -141,11 +152,13 @@ class Runtime:
         except BaseException:
             self.shutdown()
             raise
-        self.start_version = self.worker_version = version
+        self.start_version = self.worker_version = self.learner_version = version
+        self.iteration = version  # the iteration in progress (set by the loop), for the event log
         self.weights_ref, self.weights_version = None, version
-        self.pending: list = []  # weight loads / receives not yet waited for (async mode)
+        self.pending: list = []  # (ref, (worker index, actor) or None for a learner rank): transfers not yet waited for
         self.weight_group: str | None = None
         self.weight_group_stale, self.group_generation = False, 0
+        self.abandoned: set[str] = set()  # weight groups whose broadcast broke
         self.last_load_seconds = 0.0
 
     # -- rollouts and rewards
@@ -190,6 +203,15 @@ class Runtime:
                                 groups=[i for i, _ in t.prompts])
                 pending[t.stats if rolling else t.reward_stats] = t
                 continue
+            except VersionMismatch:  # a broken weight broadcast left the worker an older version
+                if t.resubmits >= MAX_RESUBMITS:
+                    raise
+                t.resubmits += 1
+                self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout (weights missing)",
+                                groups=[i for i, _ in t.prompts])
+                self._submit_rollout(t)  # with the version the workers are being sent now
+                pending[t.stats] = t
+                continue
             except ObjectLostError:  # the rollout's output is gone with its node: generate it again
                 self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout (output lost)",
                                 groups=[i for i, _ in t.prompts])
@@ -222,19 +244,25 @@ class Runtime:
         return [t.scored for t in d.tasks], metrics
 
     def _recover(self, group: WorkerGroup, index: int, dead, iteration: int) -> None:
-        if group[index] is not dead:  # another of its tasks already had it replaced
+        """Replace worker `index` if it still is `dead` (another of its tasks may have had it replaced)."""
+        if group[index] is not dead:
             return
         actor = group.replace(index)
         kind = "rollout_worker_replaced" if group is self.rollout else "reward_worker_replaced"
         self.events.log(kind, iteration, worker=index, replacements=group.restarts)
         if group is self.rollout:
-            if self.worker_version != self.start_version:
+            # the replacement starts from the run's first weights; give it the current ones when the
+            # learner still holds them (otherwise the next publish does, and tasks sent to it meanwhile
+            # come back as VersionMismatch and are resubmitted)
+            if self.worker_version != self.start_version and self.learner_version == self.worker_version:
                 actor.load_weights.remote(self.worker_version, self._weights_in_object_store())
             self.weight_group_stale = True
 
     # -- learner and weights
     def update(self, iteration: int, scored: list, groups: list[int]) -> dict[str, float]:
-        return self.learner.update(iteration, scored, groups)
+        metrics = self.learner.update(iteration, scored, groups)
+        self.learner_version = iteration
+        return metrics
 
     def _weights_in_object_store(self):
         if self.weights_ref is None or self.weights_version != self.worker_version:
@@ -246,56 +274,106 @@ class Runtime:
         already running (and are awaited at the next publish). Returns the seconds spent here."""
         start = time.perf_counter()
         self.settle()
+        self._send(version)
+        if wait:
+            self.deliver()
+        return time.perf_counter() - start
+
+    def deliver(self) -> None:
+        """Wait until every rollout worker holds the current version; a transfer a worker missed (it
+        died, or the broadcast broke) is sent again while the learner still holds that version."""
+        for _ in range(2):
+            if self.settle() or self.learner_version != self.worker_version:
+                return
+            self._send(self.worker_version)
+        if not self.settle():
+            raise RuntimeError(f"weights of version {self.worker_version} could not be delivered to the rollout workers")
+
+    def _send(self, version: int) -> None:
         c = self.cfg.cluster
         if c.weight_transport == "collective":
             group = self._weight_group()
             bucket = int(c.weight_bucket_mb * 2**20)
-            self.pending = self.learner.publish_collective(version, group, bucket) + [
-                w.receive_weights.remote(version, group, bucket) for w in self.rollout.actors
+            self.pending = [(ref, None) for ref in self.learner.publish_collective(version, group, bucket)] + [
+                (w.receive_weights.remote(version, group, bucket), (i, w)) for i, w in enumerate(self.rollout.actors)
             ]
         else:
             self.weights_ref, self.weights_version = self.learner.publish(version), version
-            self.pending = [w.load_weights.remote(version, self.weights_ref) for w in self.rollout.actors]
+            self.pending = [(w.load_weights.remote(version, self.weights_ref), (i, w)) for i, w in enumerate(self.rollout.actors)]
         self.worker_version = version
-        if wait:
-            self.settle()
-        return time.perf_counter() - start
 
-    def settle(self) -> float:
-        """Wait for outstanding weight transfers; returns the slowest worker's load seconds."""
-        pending, self.pending, slowest = self.pending, [], 0.0
-        for ref in pending:
+    def settle(self) -> bool:
+        """Wait for the outstanding weight transfers, the first failure first; returns whether every
+        worker got them (`last_load_seconds`: the slowest). A dead learner rank is `LearnerLost`; a
+        dead worker is replaced. A broken broadcast is abandoned: learner rank 0 leaves it (so the
+        members inside fail at once) and members yet to enter skip it; the group is formed anew at
+        the next publish, and a worker that missed a version gets the next one (its tasks of the
+        missed version come back as VersionMismatch and are resubmitted)."""
+        pending, self.pending, slowest, missed = dict(self.pending), [], 0.0, []
+        collective_transport = self.cfg.cluster.weight_transport == "collective"
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            member = pending.pop(ref)
             try:
                 seconds = ray.get(ref)
             except (RayActorError, RayTaskError) as err:
-                if self.learner.lost_ranks():  # the weights' source is gone: no worker can have them
+                if self.learner.dead_ranks():  # the weights' source is gone: no worker can have them
                     raise LearnerLost(f"a learner rank is gone while publishing weights: {err}") from err
-                if isinstance(err, RayTaskError):
-                    raise
-                continue  # a rollout worker died: its next task fails and is resubmitted on a replacement
+                if isinstance(err, RayTaskError) and not collective_transport:
+                    raise  # a load that failed on a live worker: a real error
+                if member is not None:
+                    missed.append(member[0])
+                    if isinstance(err, RayActorError):
+                        self._recover(self.rollout, *member, self.iteration)
+                if collective_transport and self.weight_group not in self.abandoned:
+                    self._abandon_weight_group(err)
+                continue
             if isinstance(seconds, float):
                 slowest = max(slowest, seconds)
         self.last_load_seconds = slowest
-        return slowest
+        if missed:
+            self.events.log("weight_transfer_failed", self.iteration, version=self.worker_version, workers=sorted(missed))
+        return not missed
+
+    def _abandon_weight_group(self, err: BaseException) -> None:
+        self.weight_group_stale = True
+        self.abandoned.add(self.weight_group)
+        collective.abandon(self.weight_group)
+        try:
+            ray.get(self.learner.ranks[0].leave_group.remote(self.weight_group), timeout=GRACE_S)
+        except (RayActorError, GetTimeoutError) as stuck:
+            raise LearnerLost(f"learner rank 0 is stuck in a broken weight broadcast ({err})") from stuck
+
+    def _replace_dead_rollout_workers(self) -> None:
+        for i in dead_actors(self.rollout.actors, timeout_s=5.0):
+            self._recover(self.rollout, i, self.rollout[i], self.iteration)
 
     def _weight_group(self) -> str:
-        """The collective group {learner rank 0, rollout workers}; rebuilt after a worker is replaced."""
+        """The collective group {learner rank 0, rollout workers}; formed anew after a worker is replaced."""
         if self.weight_group and not self.weight_group_stale:
             return self.weight_group
+        self._replace_dead_rollout_workers()
         members = [self.learner.ranks[0], *self.rollout.actors]
-        if self.weight_group:
-            ray.get([m.leave_group.remote(self.weight_group) for m in members], timeout=60)
+        if self.weight_group:  # best effort: a member that is gone has left already
+            ray.wait([m.leave_group.remote(self.weight_group) for m in members], num_returns=len(members), timeout=60)
         self.group_generation += 1
         self.weight_group = f"maskrl-weights-{uuid.uuid4().hex[:12]}"
-        store, binds = rendezvous_hosts(ray.get([m.address.remote() for m in members]))
-        use_nccl = self.shares["learner"].gpus > 0 and self.shares["rollout"].gpus > 0
-        backend = collective.NCCL if use_nccl else collective.GLOO
-        ray.get([m.join_group.remote(len(members), r, self.weight_group, store, binds[r], backend) for r, m in enumerate(members)])
+        try:
+            store, binds = rendezvous_hosts(ray.get([m.address.remote() for m in members]))
+            use_nccl = self.shares["learner"].gpus > 0 and self.shares["rollout"].gpus > 0
+            backend = collective.NCCL if use_nccl else collective.GLOO
+            ray.get([m.join_group.remote(len(members), r, self.weight_group, store, binds[r], backend) for r, m in enumerate(members)])
+        except RayActorError as err:  # a member died while joining
+            if self.learner.dead_ranks():
+                raise LearnerLost(f"a learner rank is gone while forming the weight group: {err}") from err
+            self.weight_group_stale = True
+            return self._weight_group()  # bounded: every retry replaces a worker (cluster.max_restarts)
         self.weight_group_stale = False
         return self.weight_group
 
     # -- evaluation, samples, checkpoints (on rollout worker 0, which holds the current weights)
     def _on_worker0(self, method: str, *args):
+        self.deliver()  # worker 0 holds the current weights (async: the last load may still be queued)
         for attempt in range(2):
             actor = self.rollout[0]
             try:
@@ -303,7 +381,7 @@ class Runtime:
             except RayActorError:
                 if attempt:
                     raise
-                self._recover(self.rollout, 0, actor, self.worker_version)
+                self._recover(self.rollout, 0, actor, self.iteration)
 
     def evaluate(self) -> dict[str, float]:
         metrics = self._on_worker0("evaluate", self.cfg)
@@ -326,13 +404,15 @@ class Runtime:
         return write_atomically(directory, write)
 
     def shutdown(self) -> None:
-        for g in self.groups.values():
-            for a in g.actors:
+        """Best effort (actors or nodes may be gone already): an error here must not hide the one
+        that ended the attempt. Removing the placement groups also ends any actor left in them."""
+        actors = [a for g in self.groups.values() for a in g.actors] + (self.learner.ranks if hasattr(self, "learner") else [])
+        for a in actors:
+            with contextlib.suppress(Exception):
                 ray.kill(a)
-        if hasattr(self, "learner"):
-            self.learner.shutdown()
         for p in self.pools.values():
-            p.remove()
+            with contextlib.suppress(Exception):
+                p.remove()
 
 
 # -- artefacts ---------------------------------------------------------------------------------------
@@ -392,7 +472,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
         for recoveries in range(cfg.cluster.max_recoveries + 1):
             nodes = _alive_nodes()
             try:
-                return _train_from(cfg, run, state, events, dashboard, stop_after, after_dispatch)
+                return _train_from(cfg, run, state, events, dashboard, stop_after, after_dispatch, fail_fast=not recoveries)
+            except PoolError as err:
+                if not recoveries:
+                    raise
+                raise PoolError(f"{err}; the run lost a node and the pools no longer fit: `maskrl train --resume` "
+                                f"continues from iteration {state.iteration if state else 0} once the cluster has room") from err
             except LearnerLost as err:
                 state = DriverState.latest(run, events)  # None: start over from the run's first weights
                 resumed = state.iteration if state else 0
@@ -404,7 +489,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                         f"the learner was lost {recoveries + 1} times (cluster.max_recoveries={cfg.cluster.max_recoveries}); "
                         f"last: {err}. {then}"
                     ) from err
-                events.log("learner_lost", resumed + 1, error=str(err), resume_from=resumed,
+                events.log("learner_lost", err.iteration, error=str(err), resume_from=resumed,
                            checkpoint=state.checkpoint if state else cfg.checkpoint,
                            nodes_lost=sorted(nodes - _alive_nodes()))  # those the cluster has noticed by now
     finally:
@@ -419,7 +504,7 @@ def _alive_nodes() -> set[str]:
 
 def _train_from(
     cfg: TrainConfig, run: Path, state: DriverState | None, events: EventLog, dashboard: str | None,
-    stop_after: int | None, after_dispatch: Hook | None,
+    stop_after: int | None, after_dispatch: Hook | None, fail_fast: bool,
 ) -> TrainResult:
     """One attempt: build the pools from `state` (None: the run's first weights) and train to the end."""
     start = state.iteration if state else 0
@@ -429,9 +514,9 @@ def _train_from(
     # rows logged after the point we continue from belong to iterations that are about to be redone
     kept = [m for m in read_metrics(run) if m["iteration"] <= start]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
-    rt = Runtime(cfg, policy_dir, start, optimizer_dir, events)
+    rt = Runtime(cfg, policy_dir, start, optimizer_dir, events, fail_fast)
+    log = MetricsLogger(run, sinks=(RayMetricsSink(run.name),))
     try:
-        log = MetricsLogger(run, sinks=(RayMetricsSink(run.name),))
         grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
         (run / "grids").mkdir(exist_ok=True)
         (run / "grids" / "prompts.txt").write_text("\n".join(grid_prompts) + "\n")
@@ -445,8 +530,11 @@ def _train_from(
             tqdm.write(f"ray dashboard: http://{dashboard}")
         tqdm.write(f"base held-out ShapesEval: {base.get('eval/overall', float('nan')):.3f}")
         metrics, last = _loop(cfg, run, rt, stream, start, log, grid_prompts, stop_after, after_dispatch)
-        log.close()
+    except LearnerLost as err:
+        err.iteration = rt.iteration
+        raise
     finally:
+        log.close()
         rt.shutdown()
     final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
     (run / "summary.json").write_text(json.dumps({"base": base, "final": final}, indent=2))
@@ -470,6 +558,7 @@ def _loop(
     metrics: dict[str, float] = {}
     last = start
     for it in tqdm(range(start + 1, cfg.iterations + 1), desc="mask-grpo", initial=start, total=cfg.iterations, dynamic_ncols=True):
+        rt.iteration = it  # where a fault is reported to have happened
         t0 = time.perf_counter()
         current, ahead = ahead, None
         scored, metrics = rt.collect(current)
@@ -489,16 +578,16 @@ def _loop(
         if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
             write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png")
         metrics["stream/position"] = float(current.end_position)
+        # the row before the checkpoint: a crash between the two leaves a row past the checkpoint,
+        # which the resumed run drops and writes again (the other order could lose the row)
+        log.log(it, metrics)
         if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-            # the checkpoint comes before the metrics row: a row in metrics.jsonl is never for an
-            # iteration that a recovery would redo
             state = DriverState(
                 iteration=it, stream_position=current.end_position, seed=cfg.seed, checkpoint="",
                 extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
                        "zero_stage": cfg.cluster.learner.zero_stage},
             )
             rt.save(run / "checkpoints" / f"iter_{it:05d}", state)
-        log.log(it, metrics)
         tqdm.write(summary_line(it, metrics) + f" lag={metrics['version/lag_max']:.0f} img/s={metrics['rollout/images_per_s']:.1f}")
         last = it
         if stop_after is not None and it >= stop_after and it % cfg.checkpoint_every == 0:

@@ -10,6 +10,7 @@ single-process one. Rank 0 publishes the full weights (gathered under ZeRO-3).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import time
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from actors import collective, weights
+from actors.pools import dead_actors, rendezvous_hosts
 from maskrl.checkpoints import digest_tree
 from maskrl.evaluation import load_checkpoint
 from maskrl.grpo import grpo_update
@@ -108,7 +110,10 @@ class LearnerRank:
         if master_addr == "127.0.0.1" and "lo" in {name for _, name in socket.if_nameindex()}:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: stay on loopback
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        deepspeed.init_distributed(dist_backend=backend, rank=self.rank, world_size=self.world_size, verbose=False)
+        # a collective whose peer died fails after this long; the driver does not wait for that
+        # (it rebuilds the group as soon as it sees a dead rank)
+        timeout = datetime.timedelta(seconds=self.cfg.cluster.learner.collective_timeout_s)
+        deepspeed.init_distributed(dist_backend=backend, rank=self.rank, world_size=self.world_size, verbose=False, timeout=timeout)
         device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")
         policy = load_checkpoint(policy_dir).to(device)
         g = self.cfg.grpo
@@ -289,6 +294,8 @@ class LearnerLost(RuntimeError):
     """A learner rank (or its node) is gone: the group cannot continue; the driver rebuilds it
     from the last complete checkpoint."""
 
+    iteration: int | None = None  # where it happened (set by the driver on the way out)
+
 
 class LearnerGroup:
     """Driver-side handle of the N ranks: rendezvous, then every call goes to all ranks.
@@ -297,8 +304,6 @@ class LearnerGroup:
     `LearnerLost` at once, even while the others are still blocked in a collective with it."""
 
     def __init__(self, pool, share, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
-        from actors.pools import rendezvous_hosts
-
         n = pool.spec.count
         self.ranks = [LearnerActor.options(**pool.options(r, share)).remote(r, n, cfg, share.threads, share.gpus > 0) for r in range(n)]
         master, _ = rendezvous_hosts(self._all([r.address.remote() for r in self.ranks]))
@@ -307,30 +312,21 @@ class LearnerGroup:
 
     def _all(self, refs: list) -> list:
         try:
-            pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                ray.get(done[0])
+            wait_each(refs)
             return ray.get(refs)
-        except (RayActorError, ObjectLostError) as err:
+        except RayActorError as err:
             raise LearnerLost(f"a learner rank is gone: {_first_line(err)}") from err
+        except ObjectLostError as err:  # an input batch went with its node; the ranks may now disagree
+            raise LearnerLost(f"an input of the learner was lost with its node: {_first_line(err)}") from err
         except RayTaskError as err:  # a failed collective on a live rank means its peer is gone
-            dead = self.lost_ranks()
+            dead = self.dead_ranks()
             if dead:
                 raise LearnerLost(f"learner ranks {dead} are gone ({_first_line(err)})") from err
-            raise
+            raise  # every rank is alive: a real error, reported as it is
 
-    def lost_ranks(self, timeout_s: float = 30.0) -> list[int]:
-        """Ranks that are dead or do not answer within `timeout_s` (stuck in a collective with a dead one)."""
-        refs = [r.ready.remote() for r in self.ranks]
-        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        lost = []
-        for i, ref in enumerate(refs):
-            try:
-                ray.get(ref, timeout=0)
-            except (RayActorError, GetTimeoutError):
-                lost.append(i)
-        return lost
+    def dead_ranks(self, timeout_s: float = 30.0) -> list[int]:
+        """Ranks whose actor is dead (a rank stuck in a collective with a dead one is not)."""
+        return dead_actors(self.ranks, timeout_s)
 
     def update(self, iteration: int, batch_refs: list, planned: list[int]) -> dict[str, float]:
         return self._all([r.update.remote(iteration, batch_refs, planned) for r in self.ranks])[0]
@@ -353,6 +349,15 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r)
+
+
+def wait_each(refs: list) -> None:
+    """Wait for the calls one at a time, raising the first failure as soon as it happens (not after
+    the calls before it in the list, which may be stuck in a collective with a dead peer)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done[0])
 
 
 def _first_line(err: BaseException) -> str:

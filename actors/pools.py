@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -96,10 +97,6 @@ def pool_layout(cluster: ClusterConfig) -> tuple[list[PoolSpec], dict[str, Share
     shares["learner"] = Share(COLOCATED, lc.cpus_per_rank, gpus / 2 if both else lc.gpus_per_rank)
     shares["rollout"] = Share(COLOCATED, rc.cpus_per_worker, gpus / 2 if both else rc.gpus_per_worker)
     return [combined, spec("reward")], shares
-
-
-def pool_specs(cluster: ClusterConfig) -> list[PoolSpec]:
-    return pool_layout(cluster)[0]
 
 
 def check_capacity(specs: list[PoolSpec], total: dict[str, float], largest_node: dict[str, float]) -> None:
@@ -196,6 +193,22 @@ class WorkerGroup:
             )
         ray.get(ready[0])  # a replacement that fails to start raises its own error here
         return actor
+
+
+def dead_actors(actors: list, timeout_s: float) -> list[int]:
+    """Indices of the actors that are dead. One that does not answer within `timeout_s` (busy with
+    earlier calls, or stuck) is not counted: only a dead one is known to be unusable."""
+    refs = [a.ready.remote() for a in actors]
+    ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    dead = []
+    for i, ref in enumerate(refs):
+        try:
+            ray.get(ref, timeout=0)
+        except RayActorError:
+            dead.append(i)
+        except GetTimeoutError:
+            pass
+    return dead
 
 
 def rendezvous_hosts(addresses: list[tuple[str, str]]) -> tuple[str, list[str]]:

@@ -25,6 +25,10 @@ class VersionMismatch(RuntimeError):
     pass
 
 
+class BroadcastAbandoned(RuntimeError):
+    """The weight group's broadcast broke before this worker joined it; its weights come another way."""
+
+
 def task_seed(seed: int, iteration: int, first_index: int) -> int:
     """The generator seed of the rollout task whose first group is stream index `first_index`:
     a task regenerated on another worker reproduces the same trajectories."""
@@ -59,8 +63,14 @@ class RolloutWorker:
 
     def receive_weights(self, version: int, group: str, bucket_bytes: int) -> float:
         """Returns the seconds spent in the broadcast (including waiting for the sender)."""
+        if collective.is_abandoned(group):
+            raise BroadcastAbandoned(f"weight group {group} was abandoned before version {version} reached this worker")
         start = time.perf_counter()
-        weights.broadcast_recv(self.policy, version, group, bucket_bytes)
+        try:
+            weights.broadcast_recv(self.policy, version, group, bucket_bytes)
+        except BaseException:
+            self.version = -1  # some buckets may be overwritten already: no task may run on these weights
+            raise
         self.version = version
         return time.perf_counter() - start
 
@@ -79,6 +89,8 @@ class RolloutWorker:
 
     def evaluate(self, cfg: TrainConfig) -> dict[str, float]:
         """Held-out ShapesEval of the current weights (the single-process trainer's `eval_metrics`)."""
+        if self.version < 0:
+            raise VersionMismatch("this worker's weights are incomplete (a broken broadcast)")
         return eval_metrics(self.policy, cfg) | {"version": float(self.version)}
 
     def sample_grid(self, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from maskrl.checkpoints import CheckpointError, newest_first, verify
+from maskrl.checkpoints import CheckpointError, checkpoint_number, newest_first, verify
 
 STATE_FILE = "driver_state.json"
 EVENTS_FILE = "events.jsonl"
@@ -71,7 +71,7 @@ class DriverState:
             except CheckpointError as err:
                 tqdm.write(f"rejected {err}; falling back to the previous checkpoint")
                 if events is not None:
-                    events.log("checkpoint_rejected", int(directory.name.split("_")[-1]), path=str(directory), error=str(err))
+                    events.log("checkpoint_rejected", checkpoint_number(directory), path=str(directory), error=str(err))
         return None
 
     @classmethod

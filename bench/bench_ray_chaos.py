@@ -33,7 +33,7 @@ def start_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
         "num_cpus": 1, "resources": {"maskrl_reward_node": 100}, "object_store_memory": STORE, "include_dashboard": False,
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
                            "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3},

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 MANIFEST = "manifest.json"
 STAGING = ".partial-"  # staging directories: <final name>.partial-<random>
+PREVIOUS = ".previous"  # a checkpoint being rewritten, kept until its replacement is in place
 
 
 class CheckpointError(RuntimeError):
@@ -67,15 +68,20 @@ def write_atomically(final: str | Path, write: Callable[[Path], dict[str, dict] 
         for p in [*(staging / n for n in files), manifest]:
             with open(p, "rb+") as f:
                 os.fsync(f.fileno())
-        if final.exists():  # rewriting a checkpoint: the old one is moved aside, then dropped
-            old = final.parent / f"{final.name}{STAGING}old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(staging, final)
-        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Two renames; the old copy (a rewrite) is deleted only once the new one is in place, so an
+    # interruption leaves the old or the new checkpoint under the final name, or (between the
+    # renames) both under staging names, where the next writer's clean-up must not find them:
+    # the old one is kept as `<name>.previous` until then.
+    old = final.parent / f"{final.name}{PREVIOUS}"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -115,8 +121,20 @@ def verify(directory: str | Path, deep: bool = True) -> None:
             raise CheckpointError(f"checkpoint {str(directory)!r}: {name} does not match its SHA-256 in {MANIFEST} (corrupted)")
 
 
-def newest_first(parent: str | Path, pattern: str = "iter_*") -> Iterator[Path]:
-    """Finished checkpoint directories under `parent`, newest (highest name) first."""
-    for p in sorted(Path(parent).glob(pattern), reverse=True):
-        if p.is_dir() and STAGING not in p.name:
-            yield p
+def newest_first(parent: str | Path, prefix: str = "iter_") -> Iterator[Path]:
+    """Checkpoint directories `<prefix><number>` under `parent`, highest number first; a rewrite
+    interrupted between its renames is found under its `.previous` name."""
+    found = {}
+    for p in Path(parent).glob(f"{prefix}*"):
+        name = p.name.removesuffix(PREVIOUS)
+        number = checkpoint_number(p, prefix)
+        if p.is_dir() and number is not None and (name == p.name or not (p.parent / name).exists()):
+            found[number] = p
+    for number in sorted(found, reverse=True):
+        yield found[number]
+
+
+def checkpoint_number(path: Path, prefix: str = "iter_") -> int | None:
+    """The number of a `<prefix><number>[.previous]` directory, None for any other name."""
+    number = Path(path).name.removesuffix(PREVIOUS).removeprefix(prefix)
+    return int(number) if number.isdigit() and Path(path).name.startswith(prefix) else None

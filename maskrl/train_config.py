@@ -39,6 +39,7 @@ class LearnerConfig:
     backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
     resources: dict[str, float] = field(default_factory=dict)  # as PoolConfig.resources
     strategy: str = "PACK"  # as PoolConfig.strategy
+    collective_timeout_s: float = 600.0  # a collective among the ranks gives up after this long
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
 
 
@@ -49,11 +50,12 @@ class ClusterConfig:
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(ranks=2))
     mode: str = "sync"  # sync (on-policy) | async (rollouts of k+1 overlap learning on k)
     weight_transport: str = "object_store"  # object_store | collective
-    max_restarts: int = 3  # a dead rollout/reward worker is replaced at most this many times per pool
+    max_restarts: int = 3  # a dead rollout/reward worker is replaced at most this many times per pool (per rebuild)
     # a lost learner rank (or its node): the pools are rebuilt and the run continues from the last
     # complete checkpoint, at most this many times per run
     max_recoveries: int = 3
-    # rollout worker i shares learner rank i's bundle (and GPU): needs rollout.workers == learner.ranks
+    # rollout worker i shares learner rank i's bundle (and GPU): needs rollout.workers == learner.ranks;
+    # the shared placement group follows learner.strategy
     colocate: bool = False
     dashboard_host: str = "127.0.0.1"
     weight_bucket_mb: float = 32.0  # bucket size of the collective weight broadcast

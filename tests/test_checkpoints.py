@@ -3,12 +3,14 @@ file is refused naming it; the newest checkpoint that verifies is the one a run 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from actors.runstate import DriverState, EventLog, read_events
-from maskrl.checkpoints import MANIFEST, CheckpointError, newest_first, verify, write_atomically
+from maskrl.checkpoints import MANIFEST, CheckpointError, checkpoint_number, newest_first, verify, write_atomically
 from maskrl.models import ShowoPolicy, load_policy, save_policy
 from tests.conftest import TINY
 
@@ -97,3 +99,32 @@ def test_rewriting_a_checkpoint_replaces_it_whole(tmp_path):
     save_run_checkpoint(tmp_path, 1)
     assert not (ckpt / "stray.txt").exists()
     verify(ckpt)
+
+
+def test_a_rewrite_interrupted_anywhere_keeps_a_checkpoint_that_loads(tmp_path, monkeypatch):
+    save_run_checkpoint(tmp_path, 1)
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_stop(src, dst):  # the process stops right after the first rename
+        real_replace(src, dst)
+        calls.append(dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        save_run_checkpoint(tmp_path, 1)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert [Path(c).name for c in calls] == ["iter_00001.previous"]  # the old copy, moved aside
+    state = DriverState.latest(tmp_path)
+    assert state.iteration == 1 and Path(state.checkpoint).name == "iter_00001.previous"
+    load_policy(state.checkpoint)
+    save_run_checkpoint(tmp_path, 1)  # the next write of the same iteration cleans up
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_00001"]
+
+
+def test_checkpoints_are_ordered_by_number_and_other_names_ignored(tmp_path):
+    for it in (99999, 100000):
+        save_run_checkpoint(tmp_path, it)
+    (tmp_path / "checkpoints" / "iter_best").mkdir()
+    assert [checkpoint_number(p) for p in newest_first(tmp_path / "checkpoints")] == [100000, 99999]

@@ -60,7 +60,8 @@ def test_recipe_pools_are_pinned_to_their_node_types(recipe):
     assert c.rollout.gpus_per_worker == 1 and c.reward.gpus_per_worker == 1 and c.learner.gpus_per_rank == 1
 
 
-def test_recipe_validation_fails_only_on_the_missing_checkpoint(recipe):
+def test_recipe_validation_fails_only_on_the_missing_checkpoint(recipe, tmp_path):
+    recipe.out = str(tmp_path / "run")  # its shared-storage path needs not exist (nor be writable) here
     if Path(recipe.checkpoint, "config.json").is_file():
         validate(recipe)  # the weights are there: everything else must be valid too
         return
@@ -68,7 +69,7 @@ def test_recipe_validation_fails_only_on_the_missing_checkpoint(recipe):
         validate(recipe)
     # with a checkpoint that exists, the rest of the recipe is valid
     recipe_ok = load_config(TrainConfig, RECIPE)
-    recipe_ok.checkpoint = "base"
+    recipe_ok.checkpoint, recipe_ok.out = "base", str(tmp_path / "run")
     validate(recipe_ok)
 
 

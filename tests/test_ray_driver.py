@@ -111,6 +111,19 @@ def test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint(undistu
     assert [m["restarts/learner"] for m in ms] == [0, 1, 1]
 
 
+@pytest.mark.parametrize("kind, at", [("rollout", 2), ("rollout", 3), ("reward", 2)])
+def test_async_collective_run_survives_a_worker(ckpt, ray_instance, tmp_path, kind, at):
+    """Async mode with the collective weight broadcast (the Show-o recipe's settings): a worker
+    killed while rollouts are in flight; at 3, the weight group it belongs to broadcasts next."""
+    cfg = tiny_config(ckpt, tmp_path / "run", mode="async", weight_transport="collective")
+    cfg.iterations = 4
+    result = train(cfg, after_dispatch=FaultInjector([(at, kind)]))
+    ms = iterations(result.run)
+    assert [m["iteration"] for m in ms] == [1, 2, 3, 4] and [m["stream/position"] for m in ms] == [4, 8, 12, 16]
+    assert all(m["batch/trajectories"] == 16 for m in ms) and max(m["version/lag_max"] for m in ms) <= 1
+    assert ms[-1][f"restarts/{kind}"] == 1
+
+
 def test_async_collective_run_survives_a_learner_rank(ckpt, ray_instance, tmp_path):
     """Async mode with the collective weight broadcast (the Show-o recipe's settings)."""
     cfg = tiny_config(ckpt, tmp_path / "run", mode="async", weight_transport="collective")
@@ -128,7 +141,7 @@ def test_learner_recoveries_are_bounded_and_resume_continues(undisturbed, ckpt, 
     with pytest.raises(RuntimeError, match=r"lost 1 times \(cluster.max_recoveries=0\).*--resume` continues from iteration 1"):
         train(cfg, after_dispatch=FaultInjector([(3, "learner")]))
     assert [e["kind"] for e in read_events(cfg.out)] == ["gave_up"]
-    assert [m["iteration"] for m in iterations(cfg.out)] == [1]
+    assert [m["iteration"] for m in iterations(cfg.out)] == [1, 2]  # 2 has no checkpoint: the resume redoes it
     assert_nothing_lost(train(cfg, resume=True), undisturbed)
 
 

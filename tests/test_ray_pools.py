@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from actors.learner import check_groups
-from actors.pools import PoolError, PoolSpec, check_capacity, pool_specs, rendezvous_hosts
+from actors.pools import COLOCATED, PoolError, PoolSpec, check_capacity, pool_layout, rendezvous_hosts
 from actors.weights import bucket_layout
 from maskrl.grpo import GRPOConfig
 from maskrl.iteration import PromptStream, rollout_groups
@@ -55,6 +55,10 @@ def local_ray(num_cpus: int = 2):
         ray.shutdown()
 
 
+def pool_specs(cluster: ClusterConfig) -> list[PoolSpec]:
+    return pool_layout(cluster)[0]
+
+
 # -- tests -------------------------------------------------------------------------------------------
 def test_pool_specs_follow_the_config():
     specs = {s.name: s for s in pool_specs(ClusterConfig())}
@@ -66,6 +70,24 @@ def test_pool_specs_follow_the_config():
         pool_specs(ClusterConfig(reward=PoolConfig(workers=0)))
     with pytest.raises(PoolError, match="'learner'.*one DeepSpeed rank per GPU"):
         pool_specs(ClusterConfig(learner=LearnerConfig(gpus_per_rank=0.5)))
+
+
+def test_custom_resources_strategies_and_colocation():
+    cluster = ClusterConfig(rollout=PoolConfig(workers=2, gpus_per_worker=1, resources={"maskrl_rollout_node": 1}, strategy="SPREAD"),
+                            learner=LearnerConfig(ranks=2, gpus_per_rank=1, cpus_per_rank=4, strategy="STRICT_PACK"))
+    specs = {s.name: s for s in pool_specs(cluster)}
+    assert specs["rollout"].bundle == {"CPU": 1.0, "GPU": 1.0, "maskrl_rollout_node": 1} and specs["rollout"].strategy == "SPREAD"
+    cluster.colocate = True
+    specs, shares = pool_layout(cluster)
+    assert [s.name for s in specs] == [COLOCATED, "reward"]
+    assert specs[0].bundle == {"CPU": 5.0, "GPU": 1.0, "maskrl_rollout_node": 1} and specs[0].strategy == "STRICT_PACK"
+    assert (shares["learner"].pool, shares["learner"].cpus, shares["learner"].gpus) == (COLOCATED, 4.0, 0.5)
+    assert (shares["rollout"].pool, shares["rollout"].cpus, shares["rollout"].gpus) == (COLOCATED, 1.0, 0.5)
+    cluster.rollout.workers = 3
+    with pytest.raises(PoolError, match=r"rollout.workers \(3\) must equal cluster.learner.ranks \(2\)"):
+        pool_layout(cluster)
+    with pytest.raises(PoolError, match="pool 'reward': strategy 'NEAR'"):
+        pool_layout(ClusterConfig(reward=PoolConfig(strategy="NEAR")))
 
 
 def test_impossible_pool_is_named():
