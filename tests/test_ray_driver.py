@@ -135,6 +135,17 @@ def test_async_collective_run_survives_a_learner_rank(ckpt, ray_instance, tmp_pa
     assert lost["kind"] == "learner_lost" and lost["resume_from"] == 1
 
 
+def test_zero3_rank_killed_while_its_peer_waits_in_a_collective(ckpt, ray_instance, tmp_path):
+    """ZeRO-3 (the Show-o recipe's stage): rank 0 blocks in the parameter gather of iteration 2's
+    checkpoint, waiting for the dead rank 1; the driver must not wait for it."""
+    cfg = tiny_config(ckpt, tmp_path / "run")
+    cfg.cluster.learner.zero_stage = 3
+    result = train(cfg, after_dispatch=FaultInjector([(3, "learner")]))
+    assert [m["iteration"] for m in iterations(result.run)] == [1, 2, 3]
+    [lost] = read_events(result.run)
+    assert lost["kind"] == "learner_lost" and (lost["iteration"], lost["resume_from"]) == (2, 1)
+
+
 def test_learner_recoveries_are_bounded_and_resume_continues(undisturbed, ckpt, tmp_path):
     cfg = tiny_config(ckpt, tmp_path / "run")
     cfg.cluster.max_recoveries = 0
