@@ -153,14 +153,17 @@ def test_a_rank_with_an_empty_slice_still_steps_and_stays_finite(tiny_policy):
     batch = rollout_groups(tiny_policy, PromptStream(0).take(2), 2, sampling, torch.Generator().manual_seed(0), 0)
     batch = batch.__class__(**{**batch.__dict__, "reward": torch.tensor([0.0, 1.0, 0.2, 0.9])})
     prepared = prepare(batch, cfg).batch
-    losses = []
+    losses, differentiable = [], []
 
     def step(loss):
         losses.append(float(loss.detach()))
+        differentiable.append(loss.requires_grad)
         return 0.0
 
-    grpo_update(tiny_policy, None, prepared, cfg, sampling, step, torch.Generator().manual_seed(0), rank=2, world_size=3)
-    assert losses and all(math.isfinite(x) for x in losses)
+    # 4 pairs in minibatches of 3: the second minibatch holds one pair, so rank 0 of 3 gets none
+    grpo_update(tiny_policy, None, prepared, cfg, sampling, step, torch.Generator().manual_seed(0), rank=0, world_size=3)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert losses[1] == 0.0 and differentiable == [True, True]  # the empty slice still steps (joins the all-reduce)
 
 
 def test_more_steps_than_image_tokens_is_refused(tiny_policy):

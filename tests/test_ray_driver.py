@@ -140,6 +140,7 @@ def test_zero3_rank_killed_while_its_peer_waits_in_a_collective(ckpt, ray_instan
     checkpoint, waiting for the dead rank 1; the driver must not wait for it."""
     cfg = tiny_config(ckpt, tmp_path / "run")
     cfg.cluster.learner.zero_stage = 3
+    cfg.cluster.learner.collective_timeout_s = 3600  # a driver that waited for the stuck rank would hit pytest's timeout
     result = train(cfg, after_dispatch=FaultInjector([(3, "learner")]))
     assert [m["iteration"] for m in iterations(result.run)] == [1, 2, 3]
     [lost] = read_events(result.run)
