@@ -24,6 +24,26 @@ import ray
 from maskrl.checkpoints import newest_first
 
 KINDS = ("rollout", "reward", "learner", "node", "truncate")
+FAST_HEALTH_CHECKS = {  # a lost node is noticed in ~3 s instead of ~15 s
+    "health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3,
+}
+
+
+def simulated_cluster(head: dict, workers: list[dict], store_bytes: int = 150 * 2**20):
+    """A multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: one raylet per node,
+    `head` and each of `workers` the `add_node` arguments of one node), joined by this process.
+    Returns (cluster, worker nodes). Lost nodes are noticed quickly, and nodes may be added from a
+    timer thread (`FaultInjector.replace_after_s`)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+        **head, "object_store_memory": store_bytes, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS,
+    })
+    nodes = [cluster.add_node(**w, object_store_memory=store_bytes) for w in workers]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
+    return cluster, nodes
 
 
 def lose_node(cluster, node, timeout_s: float = 60.0) -> None:
@@ -48,8 +68,8 @@ class FaultInjector:
     schedule: list[tuple[int, str]]
     cluster: object = None  # a ray.cluster_utils.Cluster, for "node" faults
     replace_nodes: bool = True
-    # the replacement node joins this long after the loss (an autoscaler's boot), from a timer thread:
-    # the Cluster must be made with shutdown_at_exit=False (else adding a node installs signal handlers)
+    # the replacement node joins this long after the loss (an autoscaler's boot), from a timer thread
+    # (a cluster made by `simulated_cluster`: adding a node elsewhere installs signal handlers)
     replace_after_s: float = 0.0
     injected: list[dict] = field(default_factory=list)
 

@@ -38,7 +38,7 @@ from actors import collective
 from actors.learner import LearnerGroup, LearnerLost
 from actors.metrics import RayMetricsSink
 from actors.pools import PoolError, ResourcePool, WorkerGroup, check_cluster, dead_actors, pool_layout, rendezvous_hosts
-from actors.runstate import EVENTS_FILE, STATE_FILE, DriverState, EventLog
+from actors.runstate import EVENTS_FILE, DriverState, EventLog
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor, VersionMismatch, task_seed
 from actors.runtime import connect
@@ -157,7 +157,7 @@ class Runtime:
         self.weights_ref, self.weights_version = None, version
         self.pending: list = []  # (ref, (worker index, actor) or None for a learner rank): transfers not yet waited for
         self.weight_group: str | None = None
-        self.weight_group_stale, self.group_generation = False, 0
+        self.weight_group_stale = False
         self.abandoned: set[str] = set()  # weight groups whose broadcast broke
         self.last_load_seconds = 0.0
 
@@ -182,6 +182,15 @@ class Runtime:
         t.reward_actor = self.reward[t.index % len(self.reward)]
         t.scored, t.reward_stats = t.reward_actor.score.remote(t.record)
 
+    def _resubmit(self, t: Task, iteration: int, stage: str):
+        """Log and submit `t`'s rollout (or, for stage "reward", its scoring) again; returns the ref to wait on."""
+        self.events.log("task_resubmitted", iteration, task=t.index, stage=stage, groups=[i for i, _ in t.prompts])
+        if stage == "reward":
+            self._submit_reward(t)
+            return t.reward_stats
+        self._submit_rollout(t)
+        return t.stats
+
     def collect(self, d: Dispatched) -> tuple[list, dict[str, float]]:
         """Wait for every task's scored batch; replace dead workers and resubmit their tasks."""
         pending = {t.stats: t for t in d.tasks}
@@ -195,28 +204,18 @@ class Runtime:
             except RayActorError:  # the worker died: replace it, resubmit the task with the same seed
                 if rolling:
                     self._recover(self.rollout, t.worker, t.actor, d.iteration)
-                    self._submit_rollout(t)
                 else:
                     self._recover(self.reward, t.index % len(self.reward), t.reward_actor, d.iteration)
-                    self._submit_reward(t)
-                self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout" if rolling else "reward",
-                                groups=[i for i, _ in t.prompts])
-                pending[t.stats if rolling else t.reward_stats] = t
+                pending[self._resubmit(t, d.iteration, "rollout" if rolling else "reward")] = t
                 continue
             except VersionMismatch:  # a broken weight broadcast left the worker an older version
                 if t.resubmits >= MAX_RESUBMITS:
                     raise
-                t.resubmits += 1
-                self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout (weights missing)",
-                                groups=[i for i, _ in t.prompts])
-                self._submit_rollout(t)  # with the version the workers are being sent now
-                pending[t.stats] = t
+                t.resubmits += 1  # resubmitted with the version the workers are being sent now
+                pending[self._resubmit(t, d.iteration, "rollout (weights missing)")] = t
                 continue
             except ObjectLostError:  # the rollout's output is gone with its node: generate it again
-                self.events.log("task_resubmitted", d.iteration, task=t.index, stage="rollout (output lost)",
-                                groups=[i for i, _ in t.prompts])
-                self._submit_rollout(t)
-                pending[t.stats] = t
+                pending[self._resubmit(t, d.iteration, "rollout (output lost)")] = t
                 continue
             if rolling:
                 t.info.update({f"rollout_{k}": v for k, v in info.items()})
@@ -356,7 +355,6 @@ class Runtime:
         members = [self.learner.ranks[0], *self.rollout.actors]
         if self.weight_group:  # best effort: a member that is gone has left already
             ray.wait([m.leave_group.remote(self.weight_group) for m in members], num_returns=len(members), timeout=60)
-        self.group_generation += 1
         self.weight_group = f"maskrl-weights-{uuid.uuid4().hex[:12]}"
         try:
             store, binds = rendezvous_hosts(ray.get([m.address.remote() for m in members]))
@@ -392,8 +390,9 @@ class Runtime:
         e = self.cfg.eval
         return self._on_worker0("sample_grid", prompts, samples, e.sampling, e.seed)
 
-    def save(self, directory: Path, state: DriverState) -> Path:
-        """The learner's weights and optimiser shards plus the driver state, as one atomic checkpoint."""
+    def save(self, state: DriverState) -> Path:
+        """The learner's weights and optimiser shards plus the driver state, as one atomic checkpoint
+        at `state.checkpoint`."""
         self.settle()
 
         def write(staging: Path) -> dict:
@@ -401,7 +400,7 @@ class Runtime:
             state.write(staging)
             return digests
 
-        return write_atomically(directory, write)
+        return write_atomically(state.checkpoint, write)
 
     def shutdown(self) -> None:
         """Best effort (actors or nodes may be gone already): an error here must not hide the one
@@ -431,7 +430,7 @@ def write_grid(grids: np.ndarray, path: Path, scale: int = 6) -> None:
 
 def _clear_run(run: Path) -> None:
     """A fresh run in a directory that holds an older one replaces that run's outputs (only those)."""
-    for name in (STATE_FILE, EVENTS_FILE, "metrics.jsonl", "summary.json"):
+    for name in (EVENTS_FILE, "metrics.jsonl", "summary.json"):
         (run / name).unlink(missing_ok=True)
     for name in ("tensorboard", "grids", "checkpoints"):
         shutil.rmtree(run / name, ignore_errors=True)
@@ -583,11 +582,12 @@ def _loop(
         log.log(it, metrics)
         if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
             state = DriverState(
-                iteration=it, stream_position=current.end_position, seed=cfg.seed, checkpoint="",
+                iteration=it, stream_position=current.end_position, seed=cfg.seed,
+                checkpoint=str(run / "checkpoints" / f"iter_{it:05d}"),
                 extra={"mode": cfg.cluster.mode, "learner_ranks": cfg.cluster.learner.ranks,
                        "zero_stage": cfg.cluster.learner.zero_stage},
             )
-            rt.save(run / "checkpoints" / f"iter_{it:05d}", state)
+            rt.save(state)
         tqdm.write(summary_line(it, metrics) + f" lag={metrics['version/lag_max']:.0f} img/s={metrics['rollout/images_per_s']:.1f}")
         last = it
         if stop_after is not None and it >= stop_after and it % cfg.checkpoint_every == 0:

@@ -21,28 +21,11 @@ import tempfile
 import time
 
 from bench_core_common import table
-from bench_ray_common import base_parser, setup
+from bench_ray_common import base_parser, saved, setup
 from maskrl.config import load_config
 from maskrl.train_config import TrainConfig
 
 DEFAULT_SCHEDULE = "2:rollout,3:reward,4:learner,5:node,6:rollout,7:truncate,7:learner"
-STORE = 300 * 2**20
-
-
-def start_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-        "num_cpus": 1, "resources": {"maskrl_reward_node": 100}, "object_store_memory": STORE, "include_dashboard": False,
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                           "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3},
-    })
-    for _ in range(3):
-        cluster.add_node(num_cpus=2, resources={"maskrl_node": 100}, object_store_memory=STORE)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
-    return cluster
 
 
 def config(checkpoint: str, args, name: str) -> TrainConfig:
@@ -81,13 +64,13 @@ def main(argv=None) -> None:
         ("rollout", "reward", "learner", "node", "truncate")))
     args = p.parse_args(argv)
     policy = setup(args)
-    from actors.chaos import FaultInjector
+    from actors.chaos import FaultInjector, simulated_cluster
     from actors.driver import train
-    from bench_ray_common import saved
 
     checkpoint = saved(policy)  # the base model (or --tiny / random) as a directory the actors load
     schedule = [(int(a), k) for a, k in (item.split(":") for item in args.schedule.split(","))]
-    cluster = start_cluster()
+    cluster, _ = simulated_cluster({"num_cpus": 1, "resources": {"maskrl_reward_node": 100}},
+                                   [{"num_cpus": 2, "resources": {"maskrl_node": 100}}] * 3, store_bytes=300 * 2**20)
     try:
         results, walls = {}, {}
         for name in ("undisturbed", "chaos"):
@@ -108,9 +91,9 @@ def main(argv=None) -> None:
     recovered_by = {"rollout": "rollout_worker_replaced", "reward": "reward_worker_replaced",
                     "learner": "learner_lost", "node": "learner_lost", "truncate": "checkpoint_rejected"}
     rows = [[kind, str(injected[kind]), recovered_by[kind]] for kind in ("rollout", "reward", "learner", "node", "truncate")]
-    table(["fault", "injected", "recovery event"], rows, title=f"faults injected (schedule {args.schedule})")
+    table(["fault", "injected", "recovered by"], rows, title=f"faults injected (schedule {args.schedule})")
     logged = ", ".join(f"{k} {n}" for k, n in sorted(hit["events"].items()))
-    print(f"events logged: {logged}")
+    print(f"events the run logged: {logged}")
     mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
     table(["", "undisturbed", "with faults"], [
         ["iterations missing from the metrics log", str(clean["missing"]), str(hit["missing"])],

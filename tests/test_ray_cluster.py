@@ -12,35 +12,23 @@ from __future__ import annotations
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
-from actors.chaos import FaultInjector
+from actors.chaos import FaultInjector, simulated_cluster
 from actors.driver import Runtime, train
 from actors.pools import COLOCATED, PoolError, ResourcePool, check_cluster, pool_layout
 from actors.runstate import EventLog, read_events
 from tests.test_ray_driver import assert_nothing_lost
 from tests.test_ray_pools import tiny_checkpoint, tiny_config
 
-FAST_HEALTH_CHECKS = {  # a dead node is noticed in ~3 s instead of ~15 s
-    "health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-    "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3,
-}
-STORE = 150 * 2**20
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={  # nodes may join from a timer thread
-        "num_cpus": 1, "resources": {"maskrl_reward_node": 100}, "object_store_memory": STORE,
-        "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS,
-    })
-    c.names = {c.head_node.node_id: "head"}
-    for name in "ABC":  # A alone has a learner resource; C declares 2 GPUs (placement only: no GPU actor starts)
-        resources = {"maskrl_node": 100, **({"maskrl_learner_node": 100} if name == "A" else {})}
-        c.names[c.add_node(num_cpus=2, num_gpus=2 if name == "C" else 0, resources=resources,
-                           object_store_memory=STORE).node_id] = name
-    c.wait_for_nodes()
-    ray.init(address=c.address, logging_level="warning")
+    workers = [  # A alone has a learner resource; C declares 2 GPUs (placement only: no GPU actor starts)
+        {"num_cpus": 2, "num_gpus": 2 if name == "C" else 0,
+         "resources": {"maskrl_node": 100, **({"maskrl_learner_node": 100} if name == "A" else {})}}
+        for name in "ABC"
+    ]
+    c, nodes = simulated_cluster({"num_cpus": 1, "resources": {"maskrl_reward_node": 100}}, workers)
+    c.names = {c.head_node.node_id: "head", **{n.node_id: name for n, name in zip(nodes, "ABC")}}
     try:
         yield c
     finally:
