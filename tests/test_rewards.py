@@ -182,6 +182,20 @@ def test_shapes_clip_training_smoke(shapes_clip_dir, batch):
     assert out_scores.shape == (6,) and np.all(np.abs(out_scores) <= 1 + 1e-5)
 
 
+@pytest.mark.parametrize("size", [16, 32, 224, 40])
+def test_tensor_preprocessing_equals_the_pil_transform(batch, size):
+    """The batched tensor path of `preprocess` gives what open_clip's own PIL transform gives
+    (40: not a multiple of 16, so the PIL path with a real resize is taken)."""
+    import open_clip
+
+    from maskrl.rewards.pixels import to_pil
+
+    images, _ = batch
+    transform = open_clip.image_transform(size, is_train=False)
+    pil = torch.stack([transform(img) for img in to_pil(images, size)])
+    torch.testing.assert_close(preprocess(images, transform, size), pil)
+
+
 def test_shapes_clip_training_pixels_equal_the_served_preprocessing(shapes_clip_dir, batch):
     from maskrl.rewards.clip import ShapesClipReward
     from maskrl.rewards.train_shapes_clip import grids_to_pixels
@@ -212,7 +226,7 @@ def test_shipped_shapes_clip_ranks_the_matching_caption_above_mismatched_ones():
 
     if not (SHAPES_CLIP_DEFAULT / "open_clip_model.safetensors").is_file():
         pytest.skip(f"ShapesCLIP is not trained yet ({SHAPES_CLIP_DEFAULT} is absent); train it with "
-                    "`python -m maskrl.rewards.train_shapes_clip --out maskrl/assets/shapes_clip --steps 3000`")
+                    "`python -m maskrl.rewards.train_shapes_clip --out maskrl/assets/shapes_clip --steps 800 --threads 1`")
     acc = retrieval_accuracy(clip_score_fn(ShapesClipReward()), images_per_category=16, seed=7)
     assert acc["mean"]["matched_above_mismatched"] > 0.5, acc
     assert sum(acc[c]["matched_above_mismatched"] > 0.5 for c in CATEGORIES) >= 4, acc

@@ -29,7 +29,7 @@ from maskrl.rewards.base import (
 from maskrl.rewards.pixels import input_side, preprocess
 
 SHAPES_CLIP_DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "shapes_clip"
-SHAPES_CLIP_TRAIN = "python -m maskrl.rewards.train_shapes_clip --out maskrl/assets/shapes_clip --steps 3000"
+SHAPES_CLIP_TRAIN = "python -m maskrl.rewards.train_shapes_clip --out maskrl/assets/shapes_clip --steps 800 --threads 1"
 
 
 @dataclass

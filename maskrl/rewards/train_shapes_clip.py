@@ -1,6 +1,6 @@
 """Train ShapesCLIP on ShapesWorld image-caption pairs with open_clip's contrastive loss.
 
-    python -m maskrl.rewards.train_shapes_clip --out maskrl/assets/shapes_clip --steps 3000
+    python -m maskrl.rewards.train_shapes_clip --out maskrl/assets/shapes_clip --steps 800 --threads 1
 
 Each step renders one image per prompt for a batch of prompts drawn category by category: every
 category gets a share of the batch (water-filled: small categories whole, color_attr the rest),
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from maskrl.rewards import shapes_clip as sc
+from maskrl.rewards.pixels import normalised_pixels
 from maskrl.world import CATEGORIES, PALETTE, Prompt, render_batch
 
 
@@ -58,10 +59,7 @@ def draw(rng: np.random.Generator, quota: dict[str, int]) -> dict[str, list[Prom
 
 def grids_to_pixels(images: np.ndarray) -> torch.Tensor:
     """(B, 16, 16) grids -> (B, 3, 16, 16) normalised floats; equal to ShapesCLIP's open_clip preprocessing."""
-    rgb = torch.from_numpy(PALETTE[images]).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(sc.PREPROCESS_CFG["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(sc.PREPROCESS_CFG["std"]).view(1, 3, 1, 1)
-    return (rgb - mean) / std
+    return normalised_pixels(images, 1, sc.PREPROCESS_CFG["mean"], sc.PREPROCESS_CFG["std"])
 
 
 def corrupt(images: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
@@ -94,7 +92,7 @@ def _hardware() -> str:
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(description="Train ShapesCLIP (maskrl's learned ShapesWorld reward).")
     p.add_argument("--out", required=True, help="output folder (the shipped model: maskrl/assets/shapes_clip)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=192, help="images per step, over all categories")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min_lr_ratio", type=float, default=0.05)
