@@ -356,6 +356,11 @@ def test_composite_applies_weights_exactly_and_logs_components(batch):
     np.testing.assert_array_equal(out.components["b"], b.astype(np.float32))
     with pytest.raises(ConfigError, match="used twice"):
         build_reward("composite", components=[{"name": "shapes_rule"}, {"name": "shapes_rule"}])
+    # the driver's pre-flight check (no model built) catches them too
+    for components, error in (([], "components is empty"), ([{"name": "shapes_rule"}] * 2, "used twice"),
+                              ([{"name": "shapes_rule", "weight": float("nan")}], "must be finite")):
+        with pytest.raises(ConfigError, match=error):
+            RewardConfig("composite", {"components": components}).validate()
 
 
 def test_non_finite_scores_pass_through_as_nan():

@@ -38,25 +38,29 @@ class ComponentConfig:
 class CompositeOptions:
     components: list[ComponentConfig] = MISSING
 
+    def __post_init__(self):
+        """Checked when the options are validated (the driver does so before any actor starts)."""
+        if not self.components:
+            raise ConfigError("reward 'composite': options.components is empty")
+        keys = set()
+        for i, c in enumerate(self.components):
+            key = c.key or c.name
+            if key in keys:
+                raise ConfigError(f"reward 'composite': options.components[{i}]: key {key!r} is used twice; "
+                                  "give one component a distinct `key`")
+            keys.add(key)
+            if not np.isfinite(c.weight):
+                raise ConfigError(f"reward 'composite': options.components[{i}].weight must be finite, got {c.weight}")
+
 
 class CompositeReward:
     name = "composite"
     Options = CompositeOptions
 
     def __init__(self, components: list[ComponentConfig]):
-        if not components:
-            raise ConfigError("reward 'composite': options.components is empty")
-        self.parts = []
-        for i, c in enumerate(components):
-            if isinstance(c, dict):
-                c = ComponentConfig(**c)
-            key = c.key or c.name
-            if key in {k for k, _, _ in self.parts}:
-                raise ConfigError(f"reward 'composite': options.components[{i}]: key {key!r} is used twice; "
-                                  "give one component a distinct `key`")
-            if not np.isfinite(c.weight):
-                raise ConfigError(f"reward 'composite': options.components[{i}].weight must be finite, got {c.weight}")
-            self.parts.append((key, float(c.weight), build_reward(RewardConfig(c.name, dict(c.options), c.runtime_env))))
+        """`components` as validated by `CompositeOptions` (build_reward validates before building)."""
+        self.parts = [(c.key or c.name, float(c.weight), build_reward(RewardConfig(c.name, dict(c.options), c.runtime_env)))
+                      for c in components]
 
     def __call__(self, images: np.ndarray, prompts: list[str]) -> RewardOutput:
         images = check_batch(images, prompts)
