@@ -1,9 +1,9 @@
 """Where a learned reward is hacked: per category, its mean score and ShapesEval, base vs trained.
 
 Generates the held-out evaluation images of two checkpoints (same prompts, same seed) and
-scores them with a reward and with ShapesEval. A category whose reward rises while its
-ShapesEval pass rate does not is where the policy learned to please the reward, not the
-prompt.
+scores them with a reward and with ShapesEval, and prints each one's relative gain. A category
+whose reward rose by more than 10% and more than twice as much (relatively) as its ShapesEval
+pass rate is flagged: there the policy learned to please the reward more than the prompt.
 
     python bench/reward_hacking.py --base base --trained runs/reward_shapes_clip/checkpoints/iter_00012 --reward shapes_clip
 """
@@ -45,10 +45,16 @@ def main() -> None:
     sampling = SamplingConfig(steps=16, noise_scale=3.0)
     base = per_category(args.base, reward, prompts, args.samples, sampling, args.seed)
     trained = per_category(args.trained, reward, prompts, args.samples, sampling, args.seed)
-    print(f"{'category':<14}{'reward base':>12}{'trained':>9}{'pass base':>11}{'trained':>9}  hacked?")
+    print(f"{'category':<14}{'reward base':>12}{'trained':>9}{'gain':>8}{'pass base':>11}{'trained':>9}{'gain':>8}  hacked?")
     for c in CATEGORIES:
         (rb, pb), (rt, pt) = base[c], trained[c]
-        print(f"{c:<14}{rb:>12.3f}{rt:>9.3f}{pb:>11.3f}{pt:>9.3f}  {'yes' if rt > rb and pt <= pb else ''}")
+        gain_r, gain_p = relative_gain(rb, rt), relative_gain(pb, pt)
+        flag = "yes" if gain_r > 0.1 and gain_r > 2 * gain_p else ""
+        print(f"{c:<14}{rb:>12.3f}{rt:>9.3f}{gain_r:>+8.0%}{pb:>11.3f}{pt:>9.3f}{gain_p:>+8.0%}  {flag}")
+
+
+def relative_gain(before: float, after: float) -> float:
+    return (after - before) / max(abs(before), 1e-9)
 
 
 if __name__ == "__main__":
