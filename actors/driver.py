@@ -30,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 import ray
-from PIL import Image
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from tqdm import tqdm
 
@@ -45,13 +44,14 @@ from actors.runtime import connect
 from maskrl.checkpoints import write_atomically
 from maskrl.config import ConfigError, to_yaml
 from maskrl.evaluation import held_out_prompts, resolve_checkpoint
+from maskrl.grids import write_grid
 from maskrl.iteration import PromptStream
 from maskrl.metrics import MetricsLogger, read_metrics, summary_line
-from maskrl.train_config import TrainConfig
-from maskrl.world import to_rgb
+from maskrl.train_config import TrainConfig, check_train_config
 
 # -- input checks: everything here runs before Ray is joined or any actor is created -------------
 def validate(cfg: TrainConfig, resume: bool = False) -> None:
+    check_train_config(cfg)
     c = cfg.cluster
     choices = {
         "cluster.mode": (c.mode, ("sync", "async")),
@@ -415,19 +415,6 @@ class Runtime:
 
 
 # -- artefacts ---------------------------------------------------------------------------------------
-def write_grid(grids: np.ndarray, path: Path, scale: int = 6) -> None:
-    """(prompts, samples, 16, 16) palette grids -> one PNG, a row per prompt, grey gutters."""
-    p, s = grids.shape[:2]
-    cell, gap = 16 * scale, 2
-    canvas = np.full((p * (cell + gap) + gap, s * (cell + gap) + gap, 3), 96, dtype=np.uint8)
-    for i in range(p):
-        for k in range(s):
-            y, x = gap + i * (cell + gap), gap + k * (cell + gap)
-            canvas[y : y + cell, x : x + cell] = to_rgb(grids[i, k], scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path, format="PNG")
-
-
 def _clear_run(run: Path) -> None:
     """A fresh run in a directory that holds an older one replaces that run's outputs (only those)."""
     for name in (EVENTS_FILE, "metrics.jsonl", "summary.json"):
@@ -524,7 +511,7 @@ def _train_from(
             base = rt.evaluate() if cfg.eval.before else {}
             log.log(0, base)
         if not (run / "grids" / "iter_00000.png").exists():
-            write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / "iter_00000.png")
+            log.image(0, "samples", write_grid(grid_prompts, rt.sample_grid(grid_prompts, 4), run / "grids" / "iter_00000.png"))
         if dashboard:
             tqdm.write(f"ray dashboard: http://{dashboard}")
         tqdm.write(f"base held-out ShapesEval: {base.get('eval/overall', float('nan')):.3f}")
@@ -575,7 +562,7 @@ def _loop(
         if (cfg.eval.every and it % cfg.eval.every == 0) or it == cfg.iterations:
             metrics.update(rt.evaluate())
         if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
-            write_grid(rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png")
+            log.image(it, "samples", write_grid(grid_prompts, rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png"))
         metrics["stream/position"] = float(current.end_position)
         # the row before the checkpoint: a crash between the two leaves a row past the checkpoint,
         # which the resumed run drops and writes again (the other order could lose the row)

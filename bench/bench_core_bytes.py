@@ -25,7 +25,7 @@ from bench_core_common import base_parser, prompts, sampling_config, setup, tabl
 from bench_core_rollout import reference_generate
 from maskrl.iteration import PromptStream, rollout_groups
 
-TRAJECTORY_COLUMNS = ("tokens", "reveal_step", "cutoff", "behaviour_logprob")
+TRAJECTORY_COLUMNS = ("tokens", "reveal_step", "cutoff", "behaviour_terms")
 
 
 def ipc_size(rb: pa.RecordBatch) -> int:

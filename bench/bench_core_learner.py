@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from bench_core_common import base_parser, interleave, prompts, rate_table, sampling_config, setup
-from maskrl.grpo import GRPOConfig, grpo_loss, sample_steps
+from maskrl.grpo import GRPOConfig, grpo_loss, minibatch_size, sample_steps
 from maskrl.iteration import PromptStream, rollout_groups
 from maskrl.sampling import SamplingConfig
 
@@ -64,6 +64,7 @@ def reference_per_pair(policy, batch, lists, text_ids, uncond_ids, attn1, traj, 
     """One forward + backward per (trajectory, step) pair at batch 1."""
     n, mask_id = policy.num_image_tokens, policy.mask_code
     variant = "candidate2" if sampling.variant == "ar" else sampling.variant  # AR: all masked -> same cost
+    old = batch.behaviour_logprob()
     for i, t in zip(traj.tolist(), step.tolist()):
         rec = lists[i]
         image_ids = torch.full((1, n), mask_id, dtype=torch.long)
@@ -73,7 +74,7 @@ def reference_per_pair(policy, batch, lists, text_ids, uncond_ids, attn1, traj, 
         probs = (logits / sampling.temperature).softmax(dim=-1)
         new_lp = _reference_logprob(probs, rec["selected_indices"][t][None], rec["selected_ids"][t][None],
                                     rec["masking"][t][None], rec["min_probs"][t], variant)
-        ratio = torch.exp(new_lp - batch.behaviour_logprob[i, t])
+        ratio = torch.exp(new_lp - old[i, t])
         adv = batch.advantage[i]
         loss = -torch.min(adv * ratio, adv * ratio.clamp(0.8, 1.28)).mean() / len(traj)
         loss.backward()
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
         from maskrl.grpo import score_pairs
 
         c2 = SamplingConfig(**{**sampling.__dict__, "variant": "candidate2"})
-        lp = score_pairs(policy, batch, traj[:2], step[:2], c2)
+        lp = score_pairs(policy, batch, traj[:2], step[:2], c2)[0].sum(1)
         for j in range(2):
             i, t = int(traj[j]), int(step[j])
             img = torch.full((1, policy.num_image_tokens), policy.mask_code, dtype=torch.long)
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
 
     def batched():
         policy.zero_grad(set_to_none=True)
-        loss, _ = grpo_loss(policy, None, batch, traj, step, grpo, sampling)
+        loss, _ = grpo_loss(policy, None, batch, traj, step, grpo, sampling, minibatch_size(batch, traj, step, sampling))
         loss.backward()
 
     def per_pair():

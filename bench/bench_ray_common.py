@@ -50,7 +50,7 @@ def reference_lists(batch: TrajectoryBatch) -> list[dict]:
             "selected_ids": [tokens[reveal == t] for t in steps],
             "min_probs": [float(batch.cutoff[b, t].exp()) for t in steps],
             "masking": [torch.nonzero(reveal > t).squeeze(1) for t in steps],
-            "logprobs": [batch.behaviour_logprob[b, t].clone() for t in steps],
+            "logprobs": [batch.behaviour_logprob()[b, t].clone() for t in steps],
         })
     return records
 

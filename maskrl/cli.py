@@ -63,12 +63,24 @@ def _eval(args) -> None:
     print(json.dumps(evaluate(policy, prompts, args.samples, _sampling(args), args.seed, progress=True), indent=2))
 
 
+def _held_out_line(name: str, metrics: dict) -> str:
+    """`name held-out ShapesEval: 0.412 (95% CI 0.371-0.452, 480 images)` from eval/ metrics."""
+    if "eval/overall" not in metrics:
+        return f"{name} held-out ShapesEval: not evaluated"
+    return (f"{name} held-out ShapesEval: {metrics['eval/overall']:.3f} (95% CI {metrics['eval/overall_ci95_low']:.3f}-"
+            f"{metrics['eval/overall_ci95_high']:.3f}, {metrics['eval/images']:.0f} images)")
+
+
 def _train_local(args) -> None:
     from maskrl.train_config import TrainConfig
     from maskrl.train_local import train_local
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    print(f"checkpoint: {train_local(cfg)}")
+    final = train_local(cfg)
+    summary = json.loads((final.parents[1] / "summary.json").read_text())
+    print(_held_out_line("base", summary["base"]))
+    print(_held_out_line("trained", summary["final"]))
+    print(f"checkpoint: {final}")
 
 
 def _train(args) -> None:
@@ -86,8 +98,8 @@ def _train(args) -> None:
     from actors.driver import train  # Ray is imported only by this command
 
     result = train(cfg, resume=bool(args.resume))
-    print(f"base held-out ShapesEval: {result.base.get('eval/overall', float('nan')):.3f}")
-    print(f"trained held-out ShapesEval: {result.final.get('eval/overall', float('nan')):.3f}")
+    print(_held_out_line("base", result.base))
+    print(_held_out_line("trained", result.final))
     print(f"grids: {result.grids}")
     print(f"checkpoint: {result.checkpoint}")
 

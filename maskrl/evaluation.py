@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from maskrl.models import PaletteTokenizer, ShowoPolicy, load_policy
 from maskrl.sampling import SamplingConfig, sample
-from maskrl.world import CATEGORIES, Prompt, PromptSampler, shapes_eval
+from maskrl.world import CATEGORIES, Prompt, PromptSampler, pass_list, shapes_eval
+from maskrl.world.intervals import shapes_eval_intervals
 
 ASSETS = Path(__file__).parent / "assets"
 NAMED_CHECKPOINTS = {"base": ASSETS / "base"}
@@ -54,5 +55,22 @@ def generate(
 
 def evaluate(policy: ShowoPolicy, prompts: list[Prompt], samples: int, sampling: SamplingConfig, seed: int,
              progress: bool = False) -> dict:
+    """ShapesEval of `samples` images a prompt: the rates, `overall_ci95` and per-category `ci95`
+    (95% intervals, maskrl.world.intervals), and the image counts."""
     grids = generate(policy, [p.text for p in prompts], samples, sampling, seed, progress=progress)
-    return shapes_eval([p for p in prompts for _ in range(samples)], grids.reshape(-1, *grids.shape[2:]))
+    return score_images([p for p in prompts for _ in range(samples)], grids.reshape(-1, *grids.shape[2:]))
+
+
+def score_images(prompts: list[Prompt], grids) -> dict:
+    """ShapesEval with its 95% intervals for one image per prompt entry (repeat a prompt for its samples)."""
+    intervals = shapes_eval_intervals(prompts, pass_list(prompts, grids))
+    overall_ci = intervals.pop("overall")
+    return {**shapes_eval(prompts, grids), "overall_ci95": overall_ci, "ci95": intervals, "images": len(prompts)}
+
+
+def flat_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:
+    """An `evaluate` result as flat scalar metrics: rates, `*_ci95_low`/`*_ci95_high`, images."""
+    out = {f"{prefix}{k}": v for k, v in result.items() if isinstance(v, float)}
+    for name, (low, high) in {"overall": result["overall_ci95"], **result["ci95"]}.items():
+        out[f"{prefix}{name}_ci95_low"], out[f"{prefix}{name}_ci95_high"] = low, high
+    return out | {f"{prefix}images": float(result["images"])}

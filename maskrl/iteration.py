@@ -40,7 +40,7 @@ def rollout_groups(
     return TrajectoryBatch(
         prompts=texts, prompt_ids=policy.encode_prompts(texts), prompt_index=index, group_id=index,
         tokens=rollout.tokens, reveal_step=rollout.reveal_step, cutoff=rollout.cutoff,
-        behaviour_logprob=rollout.behaviour_logprob, reward=torch.full((b,), float("nan")),
+        behaviour_terms=rollout.behaviour_terms.reshape(b, -1), step_tokens=rollout.step_tokens.reshape(b, -1), reward=torch.full((b,), float("nan")),
         advantage=torch.zeros(b), policy_version=torch.full((b,), version), variant=sampling.variant,
     )
 

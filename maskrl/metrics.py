@@ -7,7 +7,10 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from torch.utils.tensorboard import SummaryWriter
+
+from maskrl.world import CATEGORIES
 
 Sink = Callable[[int, dict[str, float]], None]
 
@@ -18,6 +21,9 @@ class MetricsLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        # one TensorBoard chart with the overall and every category's held-out rate
+        curve = ["eval/overall", *(f"eval/{c}" for c in CATEGORIES)]
+        self._tb.add_custom_scalars({"held-out ShapesEval": {"per category": ["Multiline", curve]}})
         self._sinks = sinks
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
@@ -28,6 +34,10 @@ class MetricsLogger:
                 self._tb.add_scalar(name, value, iteration)
         for sink in self._sinks:
             sink(iteration, clean)
+
+    def image(self, iteration: int, tag: str, rgb: np.ndarray) -> None:
+        """An (H, W, 3) uint8 image (a sample grid) in TensorBoard's Images tab."""
+        self._tb.add_image(tag, rgb, iteration, dataformats="HWC")
 
     def close(self) -> None:
         self._jsonl.close()

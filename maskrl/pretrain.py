@@ -43,6 +43,9 @@ class PretrainConfig:
     threads: int = 2
     bf16: bool = True  # CPU autocast: ~2x faster steps on AVX512-BF16 cores, fp32 master weights
     category_weights: dict[str, float] | None = None
+    # start from this checkpoint's weights (`base`, or a directory) instead of a random init;
+    # `model` is then taken from the checkpoint. A run that has its own `last` resumes from it.
+    init: str | None = None
     model: ShowoConfig = field(default_factory=ShowoConfig)
 
 
@@ -70,7 +73,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out = Path(cfg.out)
     state_path = out / "last" / STATE_FILE
     resumed = state_path.is_file()
-    policy = load_policy(out / "last") if resumed else ShowoPolicy(cfg.model)
+    if resumed:
+        policy = load_policy(out / "last")
+    elif cfg.init:
+        from maskrl.evaluation import resolve_checkpoint
+
+        policy = load_policy(resolve_checkpoint(cfg.init))
+    else:
+        policy = ShowoPolicy(cfg.model)
     optim = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = get_cosine_with_min_lr_schedule_with_warmup(
         optim, cfg.warmup_steps, cfg.steps, min_lr_rate=cfg.min_lr_ratio

@@ -1,13 +1,15 @@
 """Batched MaskGIT/Show-o decoding that records compact trajectories.
 
 Each step: one forward pass (cond and uncond stacked when CFG is on), sample a token for
-every masked position, score each by log-confidence plus Gumbel noise annealed linearly
-to 0 (without noise background is the most confident token everywhere and objects never
+every masked position, score each by log-confidence plus Gumbel noise annealed to 0
+(without noise background is the most confident token everywhere and objects never
 start), keep the most confident and re-mask the rest so that the cosine schedule's count
 stays masked. What is recorded is enough to rebuild every intermediate state: final
 tokens, the step that revealed each position, per step the cutoff (the smallest noisy
-log-confidence among the tokens revealed at that step) and the behaviour log-prob of the
-transition for the configured variant.
+log-confidence among the tokens revealed at that step) and the behaviour log-prob terms
+of the transition for the configured variant (maskrl.transition), computed inside the
+loop: a step's (B, N, K) log-probs are dropped as soon as its terms are known. The
+``ar`` variant also records the tokens sampled at every step.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import torch
 
 from maskrl.models import ShowoPolicy
 from maskrl.schedule import masked_counts
-from maskrl.transition import transition_logprob
+from maskrl.transition import check_variant, needs_step_tokens, transition_terms
+
+NOISE_SCHEDULES = ("linear", "compound")
 
 
 @dataclass
@@ -26,6 +30,8 @@ class SamplingConfig:
     cfg_scale: float = 0.0  # Show-o's guidance: (1 + s) * cond - s * uncond
     temperature: float = 1.0  # softmax temperature of the token distribution
     noise_scale: float = 3.0  # Gumbel noise on log-confidence at step 0, annealed to 0
+    # linear: sigma_0 * (1 - (t+1)/T); compound (Show-o): sigma_0 * prod_{s<=t} (1 - (s+1)/T)
+    noise_schedule: str = "linear"
     variant: str = "candidate1"  # transition log-prob recorded as behaviour log-prob
     micro_batch: int = 16  # images per forward; on CPU larger batches are no faster per image
 
@@ -37,12 +43,23 @@ class Rollout:
     tokens: torch.Tensor  # (B, N) int64 final codes
     reveal_step: torch.Tensor  # (B, N) int64 step at which each position was revealed
     cutoff: torch.Tensor  # (B, T) float32 log-confidence threshold of each step
-    behaviour_logprob: torch.Tensor  # (B, T) float32
+    behaviour_terms: torch.Tensor  # (B, T, N + 1) float32 per-unit log-probs (maskrl.transition)
+    step_tokens: torch.Tensor  # (B, T, N) int64 tokens sampled at each step (ar), else (B, 0, N)
+
+
+def check_sampling(cfg: SamplingConfig) -> None:
+    """Refuse values the sampler cannot use, naming the field."""
+    check_variant(cfg.variant)
+    if cfg.noise_schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"unknown noise_schedule {cfg.noise_schedule!r}; expected one of {NOISE_SCHEDULES}")
 
 
 def noise_at(step: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Gumbel scale on the log-confidences at each step: linear from noise_scale to 0."""
-    return cfg.noise_scale * (1 - (step.double() + 1) / cfg.steps)
+    """Gumbel scale on the log-confidences at each step, annealed from noise_scale to 0."""
+    decay = 1 - (torch.arange(cfg.steps, dtype=torch.float64) + 1) / cfg.steps
+    if cfg.noise_schedule == "compound":
+        decay = decay.cumprod(0)
+    return cfg.noise_scale * decay.to(step.device)[step.long()]
 
 
 def step_logprobs(policy: ShowoPolicy, text_ids, null_ids, state, attn_mask, cfg: SamplingConfig) -> torch.Tensor:
@@ -73,6 +90,7 @@ def sample(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generat
 
 
 def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
+    check_sampling(cfg)
     if cfg.steps > policy.num_image_tokens:
         raise ValueError(f"sampling steps={cfg.steps} exceeds the {policy.num_image_tokens} image tokens to reveal")
     dev = next(policy.parameters()).device  # random draws stay on the CPU generator: seeded anywhere
@@ -82,11 +100,10 @@ def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, 
     state = torch.full((b, n), policy.mask_code, dtype=torch.long, device=dev)
     reveal = torch.full((b, n), steps, dtype=torch.long, device=dev)
     cutoff = torch.zeros(b, steps, device=dev)
-    step_logp, steps_idx = [], torch.arange(steps, device=dev)
-    noise = noise_at(steps_idx, cfg).float()
+    terms, drawn = [], []
+    noise = noise_at(torch.arange(steps), cfg).float().to(dev)
     for t, keep_masked in enumerate(masked_counts(n, steps)):
         logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, cfg)
-        step_logp.append(logp)
         masked = state == policy.mask_code
         probs = logp.exp().reshape(b * n, -1).cpu()
         sampled = torch.multinomial(probs, 1, generator=generator).reshape(b, n).to(dev)
@@ -102,9 +119,10 @@ def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, 
         state = torch.where(reveal_now, sampled, state)
         reveal[reveal_now] = t
         cutoff[:, t] = confidence.masked_fill(~reveal_now, float("inf")).amin(dim=1)
-    behaviour = torch.stack(
-        [transition_logprob(lp, state, reveal, steps_idx[t].expand(b), cutoff[:, t], noise[t].expand(b), cfg.variant)
-         for t, lp in enumerate(step_logp)],
-        dim=1,
-    )
-    return Rollout(tokens=state.cpu(), reveal_step=reveal.cpu(), cutoff=cutoff.cpu(), behaviour_logprob=behaviour.float().cpu())
+        unit_lp, _ = transition_terms(logp, sampled, masked, reveal_now, cutoff[:, t], noise[t].expand(b), cfg.variant)
+        terms.append(unit_lp.float().cpu())
+        if needs_step_tokens(cfg.variant):
+            drawn.append(sampled.cpu())
+    step_tokens = torch.stack(drawn, dim=1) if drawn else torch.zeros(b, 0, n, dtype=torch.long)
+    return Rollout(tokens=state.cpu(), reveal_step=reveal.cpu(), cutoff=cutoff.cpu(),
+                   behaviour_terms=torch.stack(terms, dim=1), step_tokens=step_tokens)

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskrl.grpo import GRPOConfig
+from maskrl.config import ConfigError
+from maskrl.grpo import GRPOConfig, check_grpo
 from maskrl.rewards.base import RewardConfig
-from maskrl.sampling import SamplingConfig
+from maskrl.sampling import SamplingConfig, check_sampling
 
 
 @dataclass
@@ -79,3 +80,14 @@ class TrainConfig:
     rollout: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=12))
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """The library's own choices (variant, noise schedule, ratio, dual clip), checked before
+    anything starts; the error names the key."""
+    for prefix, check, part in (("rollout", check_sampling, cfg.rollout),
+                                ("eval.sampling", check_sampling, cfg.eval.sampling), ("grpo", check_grpo, cfg.grpo)):
+        try:
+            check(part)
+        except ValueError as err:
+            raise ConfigError(f"config key '{prefix}': {err}") from None

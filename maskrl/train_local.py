@@ -14,13 +14,14 @@ from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from maskrl.config import to_yaml
-from maskrl.evaluation import evaluate, held_out_prompts, load_checkpoint
+from maskrl.evaluation import evaluate, flat_metrics, generate, held_out_prompts, load_checkpoint
+from maskrl.grids import write_grid
 from maskrl.grpo import grpo_update
 from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.metrics import MetricsLogger, summary_line
 from maskrl.models import save_policy
 from maskrl.rewards import build_reward
-from maskrl.train_config import TrainConfig
+from maskrl.train_config import TrainConfig, check_train_config
 
 
 def make_optimizer(policy, cfg: TrainConfig):
@@ -43,11 +44,11 @@ def adamw_step(policy, optim, grad_clip: float):
 
 def eval_metrics(policy, cfg: TrainConfig) -> dict[str, float]:
     prompts = held_out_prompts(cfg.eval.prompts, cfg.eval.seed)
-    result = evaluate(policy, prompts, cfg.eval.samples, cfg.eval.sampling, seed=cfg.eval.seed)
-    return {f"eval/{k}": v for k, v in result.items() if k != "counts"}
+    return flat_metrics(evaluate(policy, prompts, cfg.eval.samples, cfg.eval.sampling, seed=cfg.eval.seed))
 
 
 def train_local(cfg: TrainConfig) -> Path:
+    check_train_config(cfg)
     torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -60,8 +61,15 @@ def train_local(cfg: TrainConfig) -> Path:
     reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights)
     gen = torch.Generator().manual_seed(cfg.seed)
     log = MetricsLogger(run)
+    grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
+
+    def grid(it: int) -> None:
+        images = generate(policy, grid_prompts, 4, cfg.eval.sampling, cfg.eval.seed)
+        log.image(it, "samples", write_grid(grid_prompts, images, run / "grids" / f"iter_{it:05d}.png"))
+
     base = eval_metrics(policy, cfg) if cfg.eval.before else {}
     log.log(0, base)
+    grid(0)
     for it in tqdm(range(1, cfg.iterations + 1), desc="mask-grpo", dynamic_ncols=True):
         start = time.time()
         policy.eval()
@@ -78,6 +86,8 @@ def train_local(cfg: TrainConfig) -> Path:
         if it == cfg.iterations or (cfg.eval.every and it % cfg.eval.every == 0):
             metrics.update(eval_metrics(policy, cfg))
         log.log(it, metrics)
+        if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
+            grid(it)
         tqdm.write(summary_line(it, metrics))
         if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
             save_policy(policy, run / "checkpoints" / f"iter_{it:05d}", extra={"iteration": it})

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _META_VERSION = b"maskrl.trajectory.version"
 _META_VARIANT = b"maskrl.trajectory.variant"
 
@@ -25,7 +25,8 @@ _TENSORS = {
     "tokens": pa.int16(),
     "reveal_step": pa.int16(),
     "cutoff": pa.float32(),
-    "behaviour_logprob": pa.float32(),
+    "behaviour_terms": pa.float32(),
+    "step_tokens": pa.int16(),  # only written when the variant records them (width 0 otherwise)
 }
 _SCALARS = {
     "prompt_index": pa.int64(),
@@ -50,7 +51,8 @@ class TrajectoryBatch:
     tokens: torch.Tensor  # (B, N) final image codes
     reveal_step: torch.Tensor  # (B, N) step that revealed each position
     cutoff: torch.Tensor  # (B, T) per-step log-confidence cutoff (see maskrl.transition)
-    behaviour_logprob: torch.Tensor  # (B, T) per-step log pi of the behaviour policy
+    behaviour_terms: torch.Tensor  # (B, T * (N + 1)) per-step, per-unit log pi of the behaviour policy
+    step_tokens: torch.Tensor  # (B, T * N) tokens sampled at each step (variant ar), else (B, 0)
     reward: torch.Tensor  # (B,) NaN until scored
     advantage: torch.Tensor  # (B,) zero until computed
     policy_version: torch.Tensor  # (B,) version of the weights that generated it
@@ -67,10 +69,26 @@ class TrajectoryBatch:
     def steps(self) -> int:
         return self.cutoff.shape[1]
 
+    def behaviour(self, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """(P, N + 1) behaviour log-prob units of the (trajectory, step) pairs."""
+        return self.behaviour_terms.view(len(self), self.steps, -1)[traj, step]
+
+    def behaviour_logprob(self) -> torch.Tensor:
+        """(B, T) sequence-level behaviour log-prob of every step (its units summed)."""
+        return self.behaviour_terms.view(len(self), self.steps, -1).sum(-1)
+
+    def tokens_at(self, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """(P, N) the tokens a transition scores: the step's samples if recorded, else the final ones."""
+        if not self.step_tokens.shape[1]:
+            return self.tokens[traj]
+        return self.step_tokens.view(len(self), self.steps, -1)[traj, step]
+
     def to_arrow(self) -> pa.RecordBatch:
         columns, names = [pa.array(self.prompts, pa.string())], ["prompt"]
         for name, atype in _TENSORS.items():
             value = getattr(self, name)
+            if not value.shape[1]:  # an unused optional column is not written
+                continue
             columns.append(pa.FixedSizeListArray.from_arrays(pa.array(value.numpy().ravel(), atype), value.shape[1]))
             names.append(name)
         for name, atype in _SCALARS.items():
@@ -93,6 +111,9 @@ class TrajectoryBatch:
             )
         values = {"prompts": batch.column("prompt").to_pylist(), "variant": meta[_META_VARIANT].decode()}
         for name, atype in {**_TENSORS, **_SCALARS}.items():
+            if name == "step_tokens" and name not in batch.schema.names:
+                values[name] = torch.zeros(len(batch), 0, dtype=torch.int16)
+                continue
             if name not in batch.schema.names:
                 raise SchemaError(f"trajectory record batch has no column {name!r}")
             col, is_list = batch.column(name), name in _TENSORS

@@ -1,60 +1,19 @@
-"""Mask-GRPO objective pieces: candidate 1 against brute force, advantages, filtering, KL, ratios."""
+"""Mask-GRPO objective pieces: advantages, filtering, ratio aggregations, dual clip, per-unit KL."""
 import itertools
 import math
 
 import pytest
 import torch
 
-from maskrl.grpo import GRPOConfig, clipped_surrogate, filter_groups, group_advantages, grpo_update, k3_kl, score_pairs
+from maskrl.grpo import (
+    GRPOConfig, clipped_surrogate, filter_groups, group_advantages, grpo_update, k3_kl, log_ratios, score_pairs,
+)
 from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.models import ShowoPolicy
 from maskrl.rewards import build_reward
 from maskrl.sampling import SamplingConfig
-from maskrl.transition import LOG_MASS_FLOOR, remask_logprob, transition_logprob
+from maskrl.transition import LOG_MASS_FLOOR
 from tests.conftest import TINY
-
-
-@pytest.mark.parametrize("noise", [0.0, 0.7])
-def test_candidate1_extra_term_equals_brute_force_enumeration(noise):
-    torch.manual_seed(0)
-    p_, n, k = 2, 4, 3
-    logp = torch.log_softmax(torch.randn(p_, n, k) * 2, dim=-1)
-    tokens = torch.randint(0, k, (p_, n))
-    reveal = torch.tensor([[0, 1, 2, 1], [1, 1, 3, 0]])
-    step = torch.tensor([1, 1])
-    cutoff = torch.log(torch.tensor([0.45, 0.3]))
-    sigma = torch.full((p_,), noise)
-    got = transition_logprob(logp, tokens, reveal, step, cutoff, sigma, "candidate1")
-    probs = logp.exp().double()
-    for row in range(p_):
-        expected = 0.0
-        for i in range(n):
-            if reveal[row, i] == step[row]:
-                expected += math.log(probs[row, i, tokens[row, i]])
-            elif reveal[row, i] > step[row]:  # still masked after the step: re-masked
-                mass = 0.0
-                for v in range(k):  # enumerate the vocabulary
-                    gap = float(cutoff[row]) - math.log(probs[row, i, v])
-                    below = (gap > 0) if noise == 0 else math.exp(-math.exp(-gap / noise))
-                    mass += float(probs[row, i, v]) * below
-                expected += math.log(mass)
-        assert got[row].item() == pytest.approx(expected, abs=1e-5)
-    cand2 = transition_logprob(logp, tokens, reveal, step, cutoff, sigma, "candidate2")
-    assert (got < cand2).all()  # the re-masking term is a real (log) probability < 0
-
-
-def test_remask_probability_matches_the_samplers_mechanism_by_monte_carlo():
-    """P(log p(x) + sigma * g < cutoff) with x ~ p, g ~ Gumbel, simulated as the sampler does."""
-    gen = torch.Generator().manual_seed(0)
-    logp = torch.log(torch.tensor([[[0.6, 0.25, 0.1, 0.05]]]))
-    cutoff, sigma = torch.tensor([math.log(0.3)]), torch.tensor([0.8])
-    n = 400_000
-    x = torch.multinomial(logp.exp()[0, 0], n, replacement=True, generator=gen)
-    g = -torch.log(-torch.log(torch.rand(n, generator=gen)))
-    simulated = ((logp[0, 0, x] + sigma * g) < cutoff).double().mean()
-    exact = remask_logprob(logp, cutoff, sigma).exp()[0, 0]
-    assert exact.item() == pytest.approx(simulated.item(), abs=4e-3)
-    assert 0.05 < exact.item() < 0.95
 
 
 def test_rollout_cutoff_is_a_real_threshold_and_candidates_differ(tiny_policy):
@@ -66,8 +25,8 @@ def test_rollout_cutoff_is_a_real_threshold_and_candidates_differ(tiny_policy):
     assert len(torch.unique(prob)) > len(batch)  # varies by step and trajectory, unlike a flag
     traj, step = torch.arange(len(batch)), torch.zeros(len(batch), dtype=torch.long)
     with torch.no_grad():
-        c1 = score_pairs(tiny_policy, batch, traj, step, sampling)
-        c2 = score_pairs(tiny_policy, batch, traj, step, SamplingConfig(steps=5, variant="candidate2", noise_scale=0.0))
+        c1 = score_pairs(tiny_policy, batch, traj, step, sampling)[0].sum(1)
+        c2 = score_pairs(tiny_policy, batch, traj, step, SamplingConfig(steps=5, variant="candidate2", noise_scale=0.0))[0].sum(1)
     # a boolean cutoff (always 1) would make candidate 1 equal candidate 2
     assert (c1 < c2 - 1e-3).all()
     assert (c1 > c2 + 240 * LOG_MASS_FLOOR / 2).all()  # the floor is not what carries it
@@ -92,16 +51,34 @@ def test_constant_reward_group_is_filtered():
     assert n == 1 and keep.tolist() == [False] * 3 + [True] * 3
 
 
-def test_clipped_surrogate_bounds_and_k3():
-    adv = torch.tensor([1.0, 1.0, -1.0])
-    old = torch.zeros(3)
-    new = torch.log(torch.tensor([1.5, 1.1, 0.5]))
-    loss, clip_frac, _ = clipped_surrogate(new, old, adv, clip_low=0.2, clip_high=0.28)
-    # sample 0 clipped at 1.28, sample 1 unclipped, sample 2 (negative adv) clipped at 0.8
-    assert loss.item() == pytest.approx(-(1.28 + 1.1 - 0.8) / 3, abs=1e-6)
-    assert clip_frac.item() == pytest.approx(2 / 3)
+def test_clipped_surrogate_bounds_dual_clip_and_k3():
+    adv = torch.tensor([1.0, 1.0, -1.0, -2.0])
+    log_ratio = torch.log(torch.tensor([1.5, 1.1, 0.5, 6.0]))
+    weight = torch.full((4,), 0.25)
+    loss, clip_frac, _ = clipped_surrogate(log_ratio, adv, weight, clip_low=0.2, clip_high=0.28)
+    # 0 clipped at 1.28, 1 unclipped, 2 (negative adv) clipped at 0.8, 3 (negative adv) unclipped at 6
+    assert loss.item() == pytest.approx(-(1.28 + 1.1 - 0.8 - 12.0) / 4, abs=1e-6)
+    assert clip_frac.item() == pytest.approx(3 / 4)
+    dual, _, _ = clipped_surrogate(log_ratio, adv, weight, 0.2, 0.28, dual_clip=3.0)
+    assert dual.item() == pytest.approx(-(1.28 + 1.1 - 0.8 - 6.0) / 4, abs=1e-6)  # -A * ratio bounded by -3A
     assert k3_kl(torch.zeros(2), torch.zeros(2)).abs().max() == 0
     assert (k3_kl(torch.tensor([0.0, -1.0]), torch.tensor([0.3, 0.0])) > 0).all()
+
+
+def test_ratio_aggregations():
+    new = torch.tensor([[0.2, -0.1, 5.0, 0.0], [0.4, 0.0, 0.0, 0.0]])
+    old = torch.zeros(2, 4)
+    units = torch.tensor([[True, True, False, False], [True, False, False, True]])
+    seq, w = log_ratios(new, old, units, "sequence")
+    torch.testing.assert_close(seq, torch.tensor([0.1, 0.4]))  # the 5.0 outside the units is ignored
+    gspo, _ = log_ratios(new, old, units, "gspo")
+    torch.testing.assert_close(gspo, torch.tensor([0.05, 0.2]))  # mean over each transition's units
+    tok, tw = log_ratios(new, old, units, "token")
+    assert tok.shape == (2, 4) and tw.tolist() == units.float().tolist()
+    # token-mean: each unit is clipped on its own (0.4 > log 1.28 is clipped, 0.2 is not)
+    loss, clip_frac, _ = clipped_surrogate(tok, torch.ones(2), tw / tw.sum(), 0.2, 0.28)
+    assert loss.item() == pytest.approx(-(math.exp(0.2) + math.exp(-0.1) + 1.28 + 1.0) / 4, abs=1e-6)
+    assert clip_frac.item() == pytest.approx(1 / 4)
 
 
 def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy):
@@ -128,9 +105,9 @@ def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy):
 
     original = objective.clipped_surrogate
 
-    def spy(new_lp, old_lp, *a):
-        seen.append((new_lp - old_lp).detach().exp())
-        return original(new_lp, old_lp, *a)
+    def spy(log_ratio, *a):
+        seen.append(log_ratio.detach().exp())
+        return original(log_ratio, *a)
 
     objective.clipped_surrogate = spy
     try:
@@ -143,8 +120,9 @@ def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy):
     assert (seen[-1] - 1).abs().max() > 1e-4  # by the second epoch the policy has moved
     traj, stp = torch.arange(len(prepared)), torch.zeros(len(prepared), dtype=torch.long)
     with torch.no_grad():
-        kl_after = k3_kl(score_pairs(tiny_policy, prepared, traj, stp, sampling), score_pairs(reference, prepared, traj, stp, sampling))
-    assert kl_after.mean() > 0
+        (new, units), (ref, _) = score_pairs(tiny_policy, prepared, traj, stp, sampling), score_pairs(reference, prepared, traj, stp, sampling)
+    per_unit = k3_kl(new, ref)[units]
+    assert torch.isfinite(per_unit).all() and per_unit.mean() > 0
 
 
 def test_a_rank_with_an_empty_slice_still_steps_and_stays_finite(tiny_policy):

@@ -381,7 +381,8 @@ def _batch_of_groups(n_groups: int, group_size: int) -> TrajectoryBatch:
     return TrajectoryBatch(
         prompts=prompts, prompt_ids=torch.zeros(b, 4), prompt_index=torch.arange(b) // group_size,
         group_id=torch.arange(b) // group_size, tokens=PaletteTokenizer().encode(images),
-        reveal_step=torch.zeros(b, 256), cutoff=torch.zeros(b, steps), behaviour_logprob=torch.zeros(b, steps),
+        reveal_step=torch.zeros(b, 256), cutoff=torch.zeros(b, steps), behaviour_terms=torch.zeros(b, steps * 257),
+        step_tokens=torch.zeros(b, 0),
         reward=torch.full((b,), float("nan")), advantage=torch.zeros(b), policy_version=torch.zeros(b), variant="candidate1")
 
 

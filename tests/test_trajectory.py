@@ -19,9 +19,19 @@ def test_arrow_round_trip_is_exact(batch):
     back = TrajectoryBatch.from_arrow(batch.to_arrow())
     assert back.prompts == batch.prompts and back.variant == batch.variant
     for name in ("prompt_ids", "prompt_index", "group_id", "tokens", "reveal_step", "cutoff",
-                 "behaviour_logprob", "reward", "advantage", "policy_version"):
+                 "behaviour_terms", "step_tokens", "reward", "advantage", "policy_version"):
         assert torch.equal(getattr(back, name), getattr(batch, name)), name
     assert (back.policy_version == 7).all()
+    assert "step_tokens" not in batch.to_arrow().schema.names  # candidate variants record no step samples
+
+
+def test_ar_round_trip_carries_the_step_samples(tiny_policy):
+    b = rollout_groups(tiny_policy, PromptStream(5).take(2), 2, SamplingConfig(steps=4, variant="ar"),
+                       torch.Generator().manual_seed(0), 0)
+    back = TrajectoryBatch.from_arrow(b.to_arrow())
+    assert back.step_tokens.shape == (4, 4 * 256) and torch.equal(back.step_tokens, b.step_tokens)
+    traj, step = torch.tensor([1, 3]), torch.tensor([0, 2])
+    assert torch.equal(back.tokens_at(traj, step), b.step_tokens.view(4, 4, 256)[traj, step])
 
 
 def test_reading_is_zero_copy_and_fixed_width(batch):

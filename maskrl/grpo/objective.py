@@ -2,7 +2,18 @@
 
 The learner never replays a trajectory: it rebuilds the state before each sampled step
 from the compact record and scores a whole batch of pairs in one forward pass, with the
-same CFG/temperature/variant the sampler used.
+same CFG/temperature/variant the sampler used. A transition's log-prob is a sum of units
+(maskrl.transition); `ratio` says how the importance ratio is formed from them:
+
+- ``sequence``: one ratio per transition, exp of the summed log-ratio (the paper's);
+- ``token``: one ratio per unit, clipped per unit, averaged over every unit of the
+  minibatch (token-mean, as DAPO);
+- ``gspo``: one ratio per transition, exp of the *mean* log-ratio over its units (GSPO's
+  length-normalised sequence ratio).
+
+`dual_clip` c > 1 bounds the loss of a negative-advantage sample at -c * A (dual-clip PPO).
+KL to the reference is k3 per unit, averaged over units: k3 of a summed log-ratio over
+hundreds of positions explodes.
 """
 from __future__ import annotations
 
@@ -13,7 +24,9 @@ import torch
 from maskrl.models import ShowoPolicy
 from maskrl.sampling import SamplingConfig, noise_at, step_logprobs, text_inputs
 from maskrl.trajectory import TrajectoryBatch
-from maskrl.transition import state_before, transition_logprob
+from maskrl.transition import transition_terms, unit_mask
+
+RATIOS = ("sequence", "token", "gspo")
 
 
 @dataclass
@@ -30,11 +43,21 @@ class GRPOConfig:
     min_lr_ratio: float = 0.1
     clip_low: float = 0.2
     clip_high: float = 0.28  # the paper widens the upper bound
-    kl_coef: float = 0.0  # k3 KL to the frozen reference (base) policy; 0 disables it
+    ratio: str = "sequence"  # sequence | token | gspo (see the module docstring)
+    dual_clip: float = 0.0  # c > 1: a negative advantage's loss is at most -c * A; 0 disables
+    kl_coef: float = 0.0  # per-unit k3 KL to the frozen reference (base) policy; 0 disables it
     std_normalize: bool = True
     global_std: bool = False
     min_group_std: float = 1e-4  # groups with less reward spread are filtered
     grad_clip: float = 1.0
+
+
+def check_grpo(cfg: GRPOConfig) -> None:
+    """Refuse values the objective cannot use, naming the key."""
+    if cfg.ratio not in RATIOS:
+        raise ValueError(f"grpo.ratio={cfg.ratio!r} is not one of {RATIOS}")
+    if cfg.dual_clip and cfg.dual_clip <= 1:
+        raise ValueError(f"grpo.dual_clip={cfg.dual_clip} must be > 1 (or 0 to disable)")
 
 
 def sample_steps(batch_size: int, steps: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,30 +68,55 @@ def sample_steps(batch_size: int, steps: int, k: int, generator: torch.Generator
     return traj_idx.reshape(-1), step_idx.reshape(-1)
 
 
+def _step_masks(batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor):
+    reveal = batch.reveal_step[traj].long()
+    return reveal >= step[:, None], reveal == step[:, None]
+
+
+def pair_units(batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """(P, N + 1) the units of the pairs' transitions, from the record alone (no forward pass)."""
+    masked_before, revealed = _step_masks(batch, traj, step)
+    return unit_mask(masked_before, revealed, noise_at(step, sampling), sampling.variant)
+
+
 def score_pairs(
     policy: ShowoPolicy, batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig
-) -> torch.Tensor:
-    """(P,) transition log-probs (of `sampling.variant`) of the pairs under `policy`, differentiable."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((P, N + 1) per-unit log-probs, units) of the pairs' transitions under `policy`, differentiable."""
     dev = next(policy.parameters()).device
-    tokens, reveal = batch.tokens[traj].to(dev), batch.reveal_step[traj].to(dev)
-    text_ids, cutoff, step = batch.prompt_ids[traj].long().to(dev), batch.cutoff[traj, step].to(dev), step.to(dev)
+    masked_before, revealed = (m.to(dev) for m in _step_masks(batch, traj, step))
+    tokens, text_ids = batch.tokens_at(traj, step).to(dev), batch.prompt_ids[traj].long().to(dev)
     null_ids, attn_mask = text_inputs(policy, text_ids, sampling)
-    state = state_before(tokens, reveal, step, policy.mask_code)
+    state = torch.where(masked_before, policy.mask_code, batch.tokens[traj].long().to(dev))
     logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, sampling)
-    noise = noise_at(step, sampling).float()
-    return transition_logprob(logp, tokens, reveal, step, cutoff, noise, sampling.variant)
+    cutoff, noise = batch.cutoff[traj, step].to(dev), noise_at(step, sampling).float().to(dev)
+    return transition_terms(logp, tokens, masked_before, revealed, cutoff, noise, sampling.variant)
 
 
-def clipped_surrogate(new_lp, old_lp, advantage, clip_low: float, clip_high: float):
-    """PPO/GRPO clipped loss with separate bounds; returns (loss, clip fraction, approx KL)."""
-    log_ratio = new_lp - old_lp
+def log_ratios(new_terms, old_terms, units, ratio: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-ratios, their loss weights before normalisation) for the chosen aggregation."""
+    diff = (new_terms - old_terms) * units
+    if ratio == "token":
+        return diff, units.float()
+    total = diff.sum(dim=1)
+    if ratio == "gspo":
+        total = total / units.sum(dim=1).clamp_min(1)
+    return total, torch.ones_like(total)
+
+
+def clipped_surrogate(log_ratio, advantage, weight, clip_low: float, clip_high: float, dual_clip: float = 0.0):
+    """Sum of the weighted PPO/GRPO clipped losses (separate bounds, optional dual clip), and
+    the weighted clip fraction and approximate KL of the ratios."""
     ratio = log_ratio.exp()
-    unclipped = ratio * advantage
-    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantage
-    loss = -torch.minimum(unclipped, clipped).mean()
+    adv = advantage.reshape(-1, *([1] * (log_ratio.dim() - 1))).expand_as(log_ratio)
+    objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
+    if dual_clip:
+        objective = torch.where(adv < 0, torch.maximum(objective, dual_clip * adv), objective)
+    loss = -(objective * weight).sum()
     with torch.no_grad():
-        clip_frac = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float().mean()
-        approx_kl = ((ratio - 1) - log_ratio).mean()
+        share = weight / weight.sum().clamp_min(1e-12)
+        clip_frac = (((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float() * share).sum()
+        approx_kl = (((ratio - 1) - log_ratio) * share).sum()
     return loss, clip_frac, approx_kl
 
 
@@ -78,20 +126,32 @@ def k3_kl(new_lp: torch.Tensor, ref_lp: torch.Tensor) -> torch.Tensor:
     return log_r.exp() - log_r - 1
 
 
-def grpo_loss(policy, reference, batch: TrajectoryBatch, traj, step, cfg: GRPOConfig, sampling: SamplingConfig):
-    """Loss of one minibatch of pairs, and its diagnostics (as tensors)."""
+def minibatch_size(batch: TrajectoryBatch, traj, step, sampling: SamplingConfig) -> tuple[float, float]:
+    """(pairs, units) of a whole minibatch: what its summed losses are divided by, so that ranks
+    scoring slices of it add up to the single-process loss."""
+    return float(len(traj)), float(pair_units(batch, traj, step, sampling).sum())
+
+
+def grpo_loss(policy, reference, batch: TrajectoryBatch, traj, step, cfg: GRPOConfig, sampling: SamplingConfig,
+              size: tuple[float, float]):
+    """Loss of (a rank's share of) one minibatch of pairs, normalised by the whole minibatch's
+    `size` (pairs for sequence ratios, units for token ratios and KL), and its diagnostics."""
     if batch.variant != sampling.variant:
         raise ValueError(f"trajectories record {batch.variant!r} log-probs but the learner uses {sampling.variant!r}")
-    new_lp = score_pairs(policy, batch, traj, step, sampling)
-    old_lp, advantage = batch.behaviour_logprob[traj, step].to(new_lp.device), batch.advantage[traj].to(new_lp.device)
-    loss, clip_frac, approx_kl = clipped_surrogate(new_lp, old_lp, advantage, cfg.clip_low, cfg.clip_high)
-    metrics = {"clip_frac": clip_frac, "approx_kl": approx_kl, "ratio": (new_lp - old_lp).exp().mean().detach()}
+    new_terms, units = score_pairs(policy, batch, traj, step, sampling)
+    old_terms, advantage = batch.behaviour(traj, step).to(new_terms.device), batch.advantage[traj].to(new_terms.device)
+    log_ratio, weight = log_ratios(new_terms, old_terms, units, cfg.ratio)
+    loss, clip_frac, approx_kl = clipped_surrogate(log_ratio, advantage, weight, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+    pairs, unit_count = size
+    loss = loss / (unit_count if cfg.ratio == "token" else pairs)
+    seq_ratio = ((new_terms - old_terms) * units).sum(dim=1).exp()
+    metrics = {"clip_frac": clip_frac, "approx_kl": approx_kl, "ratio": seq_ratio.mean().detach()}
     if reference is not None:
         with torch.no_grad():
-            ref_lp = score_pairs(reference, batch, traj, step, sampling)
-        kl = k3_kl(new_lp, ref_lp).mean()
-        metrics["kl_ref"] = kl.detach()
+            ref_terms, _ = score_pairs(reference, batch, traj, step, sampling)
+        kl_sum = (k3_kl(new_terms, ref_terms) * units).sum()
+        metrics["kl_ref"] = (kl_sum / units.sum().clamp_min(1)).detach()
         if cfg.kl_coef:
-            loss = loss + cfg.kl_coef * kl
+            loss = loss + cfg.kl_coef * kl_sum / unit_count
     metrics["policy_loss"] = loss.detach()
     return loss, metrics

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from maskrl.grpo.objective import GRPOConfig, grpo_loss, sample_steps
+from maskrl.grpo.objective import GRPOConfig, grpo_loss, minibatch_size, sample_steps
 from maskrl.sampling import SamplingConfig
 from maskrl.trajectory import TrajectoryBatch
 
@@ -40,9 +40,10 @@ def grpo_update(
             if not len(mine):  # a short last minibatch: this rank still joins the gradient all-reduce
                 optimizer_step(sum(p.sum() for p in policy.parameters()) * 0.0)
                 continue
-            loss, metrics = grpo_loss(policy, reference, batch, traj[mine], step[mine], cfg, sampling)
-            # ranks average gradients: weight each rank's mean by its share of the minibatch
-            metrics["grad_norm"] = optimizer_step(loss * (len(mine) * world_size / len(mb)))
+            size = minibatch_size(batch, traj[mb], step[mb], sampling)
+            loss, metrics = grpo_loss(policy, reference, batch, traj[mine], step[mine], cfg, sampling, size)
+            # each rank's loss is its share of the minibatch's; ranks average gradients, so scale back up
+            metrics["grad_norm"] = optimizer_step(loss * world_size)
             for name, value in metrics.items():
                 seen[name].append(float(value))
         per_epoch.append(seen)

@@ -37,6 +37,15 @@ def _as_detections(grid_or_detections) -> tuple[Sequence[Detection], int]:
     return grid_or_detections, 0
 
 
+def pass_list(prompts: Sequence[Prompt], grids) -> list[bool]:
+    """Whether each image passes its prompt."""
+    if len(prompts) != len(grids):
+        raise ValueError(f"{len(prompts)} prompts but {len(grids)} images")
+    if not prompts:
+        raise ValueError("shapes_eval needs at least one prompt")
+    return [passes(prompt, _as_detections(grid)[0]) for prompt, grid in zip(prompts, grids)]
+
+
 def shapes_eval(prompts: Sequence[Prompt], grids) -> dict:
     """Per-category pass rates and their unweighted mean ("overall").
 
@@ -45,13 +54,9 @@ def shapes_eval(prompts: Sequence[Prompt], grids) -> dict:
     Categories with no prompts are left out of both the rates and the mean, so a run
     over a subset of categories reports the mean over the categories it covers.
     """
-    if len(prompts) != len(grids):
-        raise ValueError(f"{len(prompts)} prompts but {len(grids)} images")
-    if not prompts:
-        raise ValueError("shapes_eval needs at least one prompt")
     results: dict[str, list[bool]] = {}
-    for prompt, grid in zip(prompts, grids):
-        results.setdefault(prompt.category, []).append(passes(prompt, _as_detections(grid)[0]))
+    for prompt, passed in zip(prompts, pass_list(prompts, grids)):
+        results.setdefault(prompt.category, []).append(passed)
     rates = {c: float(np.mean(results[c])) for c in CATEGORIES if c in results}
     return {"overall": float(np.mean(list(rates.values()))), **rates,
             "counts": {c: len(results[c]) for c in rates}}
