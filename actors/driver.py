@@ -43,7 +43,7 @@ from actors.rollout import RolloutActor, VersionMismatch, task_seed
 from actors.runtime import connect
 from maskrl.checkpoints import write_atomically
 from maskrl.config import ConfigError, to_yaml
-from maskrl.evaluation import held_out_prompts, resolve_checkpoint
+from maskrl.evaluation import chunks_of, flat_metrics, held_out_prompts, resolve_checkpoint, summarise
 from maskrl.grids import write_grid
 from maskrl.iteration import PromptStream
 from maskrl.metrics import MetricsLogger, read_metrics, summary_line
@@ -382,9 +382,24 @@ class Runtime:
                 self._recover(self.rollout, 0, actor, self.iteration)
 
     def evaluate(self) -> dict[str, float]:
-        metrics = self._on_worker0("evaluate", self.cfg)
-        metrics.pop("version", None)
-        return metrics
+        """Held-out ShapesEval of the current weights, its prompt chunks spread over the rollout
+        workers (each chunk is seeded on its own: the result does not depend on the worker count);
+        a chunk whose worker died or held other weights is redone on worker 0."""
+        self.deliver()
+        e, version = self.cfg.eval, self.worker_version
+        prompts = held_out_prompts(e.prompts, e.seed)
+        sent = [(c, self.rollout[c % len(self.rollout)]) for c in chunks_of(prompts)]
+        refs = [actor.eval_chunk.remote(e, c, version) for c, actor in sent]
+        passed = []
+        for (chunk, actor), ref in zip(sent, refs):
+            try:
+                passed += ray.get(ref)
+            except (RayActorError, RayTaskError) as err:
+                if isinstance(err, RayActorError):
+                    self._recover(self.rollout, chunk % len(self.rollout), actor, self.iteration)
+                self.deliver()
+                passed += self._on_worker0("eval_chunk", e, chunk, self.worker_version)
+        return flat_metrics(summarise(prompts, e.samples, passed))
 
     def sample_grid(self, prompts: list[str], samples: int) -> np.ndarray:
         e = self.cfg.eval

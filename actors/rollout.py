@@ -13,11 +13,10 @@ import ray
 import torch
 
 from actors import collective, weights
-from maskrl.evaluation import generate, load_checkpoint
+from maskrl.evaluation import chunk_passes, generate, held_out_prompts, load_checkpoint
 from maskrl.iteration import rollout_groups
 from maskrl.sampling import SamplingConfig
-from maskrl.train_config import TrainConfig
-from maskrl.train_local import eval_metrics
+from maskrl.train_config import EvalConfig
 from maskrl.world import parse_prompt
 
 
@@ -87,11 +86,12 @@ class RolloutWorker:
         stats = {"images": len(batch), "seconds": time.perf_counter() - start, "bytes": record.nbytes}
         return record, stats
 
-    def evaluate(self, cfg: TrainConfig) -> dict[str, float]:
-        """Held-out ShapesEval of the current weights (the single-process trainer's `eval_metrics`)."""
-        if self.version < 0:
-            raise VersionMismatch("this worker's weights are incomplete (a broken broadcast)")
-        return eval_metrics(self.policy, cfg) | {"version": float(self.version)}
+    def eval_chunk(self, cfg: EvalConfig, chunk: int, version: int) -> list[bool]:
+        """Pass results of one chunk of the held-out prompts (maskrl.evaluation.chunk_passes)."""
+        if version != self.version:
+            raise VersionMismatch(f"asked to evaluate policy version {version}, this worker holds {self.version}")
+        prompts = held_out_prompts(cfg.prompts, cfg.seed)
+        return chunk_passes(self.policy, prompts, chunk, cfg.samples, cfg.sampling, cfg.seed)
 
     def sample_grid(self, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int) -> np.ndarray:
         """(len(prompts), samples, 16, 16) uint8 palette grids: a few images for the run's PNG grids."""

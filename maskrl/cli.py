@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from maskrl.config import ConfigError, load_config
+from maskrl.sampling import NOISE_SCHEDULES
 
 
 def _pretrain(args) -> None:
@@ -37,7 +38,8 @@ def _read_prompts(path: str):
 def _sampling(args):
     from maskrl.sampling import SamplingConfig
 
-    return SamplingConfig(steps=args.steps, cfg_scale=args.cfg, noise_scale=args.noise)
+    return SamplingConfig(steps=args.steps, cfg_scale=args.cfg, noise_scale=args.noise,
+                          noise_schedule=args.noise_schedule, temperature=args.temperature)
 
 
 def _generate(args) -> None:
@@ -109,8 +111,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", required=True, help="text file, one ShapesWorld prompt a line")
     p.add_argument("--samples", type=int, default=1, help="images per prompt")
     p.add_argument("--steps", type=int, default=16, help="unmasking steps")
-    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale")
+    p.add_argument("--cfg", type=float, default=3.0,
+                   help="classifier-free guidance scale (3: measured best for the shipped base, bench/study_sampling.py)")
     p.add_argument("--noise", type=float, default=3.0, help="initial Gumbel noise scale on confidences")
+    p.add_argument("--noise-schedule", choices=NOISE_SCHEDULES, default="linear", help="how the noise anneals to 0")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the token draws")
     p.add_argument("--seed", type=int, default=0)
 
 

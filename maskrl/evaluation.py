@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from maskrl.models import PaletteTokenizer, ShowoPolicy, load_policy
 from maskrl.sampling import SamplingConfig, sample
-from maskrl.world import CATEGORIES, Prompt, PromptSampler, pass_list, shapes_eval
+from maskrl.world import CATEGORIES, Prompt, PromptSampler, pass_list, pass_rates
 from maskrl.world.intervals import shapes_eval_intervals
 
 ASSETS = Path(__file__).parent / "assets"
@@ -40,32 +40,57 @@ def held_out_prompts(n: int, seed: int) -> list[Prompt]:
     return [samplers[i % len(CATEGORIES)].sample(rng) for i in range(n)]
 
 
+CHUNK = 32  # prompts per independently seeded chunk: any split of the chunks over workers draws the same images
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The generator seed of prompt chunk `chunk` (prompts chunk*CHUNK ..) of a run seeded `seed`."""
+    return seed * 1_000_003 + chunk
+
+
 def generate(
     policy: ShowoPolicy, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int,
-    batch_size: int = 64, progress: bool = False,
+    progress: bool = False, first_chunk: int = 0,
 ) -> np.ndarray:
-    """(len(prompts), samples, 16, 16) palette grids; sample k of prompt i is row i*samples+k."""
-    texts = [p for p in prompts for _ in range(samples)]
-    gen, grids = torch.Generator().manual_seed(seed), []
-    for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):
-        rollout = sample(policy, texts[start : start + batch_size], sampling, gen)
+    """(len(prompts), samples, 16, 16) palette grids; sample k of prompt i is [i, k]. Prompts are
+    drawn in chunks of CHUNK, chunk c seeded by chunk_seed(seed, first_chunk + c), so generating
+    a chunk alone (`first_chunk`) gives exactly the images it gets in the whole list."""
+    grids = []
+    for c, start in enumerate(tqdm(range(0, len(prompts), CHUNK), desc="generate", disable=not progress)):
+        texts = [p for p in prompts[start : start + CHUNK] for _ in range(samples)]
+        rollout = sample(policy, texts, sampling, torch.Generator().manual_seed(chunk_seed(seed, first_chunk + c)))
         grids.append(PaletteTokenizer().decode(rollout.tokens))
     return np.concatenate(grids).reshape(len(prompts), samples, *grids[0].shape[1:])
 
 
+def chunk_passes(policy: ShowoPolicy, prompts: list[Prompt], chunk: int, samples: int, sampling: SamplingConfig,
+                 seed: int) -> list[bool]:
+    """Whether each image of one prompt chunk passes (prompt-major, `samples` a prompt)."""
+    part = prompts[chunk * CHUNK : (chunk + 1) * CHUNK]
+    grids = generate(policy, [p.text for p in part], samples, sampling, seed, first_chunk=chunk)
+    return pass_list([p for p in part for _ in range(samples)], grids.reshape(-1, *grids.shape[2:]))
+
+
+def chunks_of(prompts: list) -> range:
+    return range(-(-len(prompts) // CHUNK))
+
+
+def summarise(prompts: list[Prompt], samples: int, passed: list[bool]) -> dict:
+    """ShapesEval of prompt-major pass results: the rates, `overall_ci95` and per-category `ci95`
+    (95% intervals, maskrl.world.intervals), the image counts."""
+    entries = [i for i in range(len(prompts)) for _ in range(samples)]
+    images = [prompts[i] for i in entries]
+    intervals = shapes_eval_intervals(images, passed, entries)
+    overall_ci = intervals.pop("overall")
+    return {**pass_rates(images, passed), "overall_ci95": overall_ci, "ci95": intervals, "images": len(images)}
+
+
 def evaluate(policy: ShowoPolicy, prompts: list[Prompt], samples: int, sampling: SamplingConfig, seed: int,
              progress: bool = False) -> dict:
-    """ShapesEval of `samples` images a prompt: the rates, `overall_ci95` and per-category `ci95`
-    (95% intervals, maskrl.world.intervals), and the image counts."""
-    grids = generate(policy, [p.text for p in prompts], samples, sampling, seed, progress=progress)
-    return score_images([p for p in prompts for _ in range(samples)], grids.reshape(-1, *grids.shape[2:]))
-
-
-def score_images(prompts: list[Prompt], grids) -> dict:
-    """ShapesEval with its 95% intervals for one image per prompt entry (repeat a prompt for its samples)."""
-    intervals = shapes_eval_intervals(prompts, pass_list(prompts, grids))
-    overall_ci = intervals.pop("overall")
-    return {**shapes_eval(prompts, grids), "overall_ci95": overall_ci, "ci95": intervals, "images": len(prompts)}
+    """Held-out ShapesEval of `samples` images a prompt (see `summarise`)."""
+    passed = [ok for c in tqdm(chunks_of(prompts), desc="evaluate", disable=not progress)
+              for ok in chunk_passes(policy, prompts, c, samples, sampling, seed)]
+    return summarise(prompts, samples, passed)
 
 
 def flat_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:

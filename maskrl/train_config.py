@@ -17,7 +17,8 @@ class EvalConfig:
     samples: int = 2
     seed: int = 1234  # the held-out sample is fixed by this seed, not by the run's seed
     before: bool = True  # also evaluate the starting checkpoint (iteration 0)
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16))
+    # `maskrl generate`'s defaults: 16 steps, CFG 3 (bench/study_sampling.py)
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16, cfg_scale=3.0))
 
 
 @dataclass
@@ -77,7 +78,8 @@ class TrainConfig:
     checkpoint_every: int = 5
     grid_every: int = 5  # iterations between PNG sample grids
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rollout: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=12))
+    # rollouts sample as evaluation does: the unmasking schedule is the decision process
+    rollout: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16, cfg_scale=3.0))
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

@@ -58,3 +58,15 @@ def test_missing_checkpoint_names_the_path(prompts, tmp_path, capsys):
 def test_unknown_config_key_names_it(capsys):
     assert main(["train-local", "grpo.learning_rate=1"]) == 2
     assert "grpo.learning_rate" in capsys.readouterr().err
+
+
+def test_generation_is_chunk_seeded_so_any_split_draws_the_same_images(tiny_policy):
+    from maskrl.evaluation import CHUNK, generate
+    from maskrl.sampling import SamplingConfig
+
+    texts = ["a red circle", "two squares"] * CHUNK  # two chunks
+    sampling = SamplingConfig(steps=3)
+    whole = generate(tiny_policy, texts, 1, sampling, seed=5)
+    second = generate(tiny_policy, texts[CHUNK:], 1, sampling, seed=5, first_chunk=1)
+    assert np.array_equal(whole[CHUNK:], second)
+    assert not np.array_equal(whole[:CHUNK], second)  # chunks draw differently

@@ -81,13 +81,15 @@ def test_ratio_aggregations():
     assert clip_frac.item() == pytest.approx(1 / 4)
 
 
-def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy):
+@pytest.mark.parametrize("ratio,variant", [("sequence", "candidate1"), ("token", "candidate2"), ("gspo", "ar"),
+                                           ("token", "candidate1")])
+def test_first_update_ratio_one_then_kl_to_reference_positive(tiny_policy, ratio, variant):
     torch.manual_seed(1)
     reference = ShowoPolicy(TINY)
     reference.load_state_dict(tiny_policy.state_dict())  # a separate, frozen model with the base weights
     reference.requires_grad_(False)
-    sampling = SamplingConfig(steps=4)
-    cfg = GRPOConfig(group_size=4, steps_per_traj=2, epochs=2, minibatch_pairs=64, lr=1e-3)
+    sampling = SamplingConfig(steps=4, variant=variant, cfg_scale=1.0)
+    cfg = GRPOConfig(group_size=4, steps_per_traj=2, epochs=2, minibatch_pairs=64, lr=1e-3, ratio=ratio, dual_clip=3.0)
     gen = torch.Generator().manual_seed(0)
     batch = rollout_groups(tiny_policy, PromptStream(0).take(3), cfg.group_size, sampling, gen, 0)
     batch = batch.__class__(**{**batch.__dict__, "reward": torch.rand(len(batch))})
@@ -147,3 +149,33 @@ def test_a_rank_with_an_empty_slice_still_steps_and_stays_finite(tiny_policy):
 def test_more_steps_than_image_tokens_is_refused(tiny_policy):
     with pytest.raises(ValueError, match="steps=300"):
         rollout_groups(tiny_policy, PromptStream(0).take(1), 1, SamplingConfig(steps=300), torch.Generator(), 0)
+
+
+@pytest.mark.parametrize("ratio", ["sequence", "token", "gspo"])
+def test_rank_slices_add_up_to_the_single_process_gradient(tiny_policy, ratio):
+    """Each rank normalises its share by the whole minibatch's size (pairs or units), so the
+    ranks' averaged gradients equal one process's, KL term included."""
+    import copy
+
+    sampling = SamplingConfig(steps=4, variant="candidate1")
+    cfg = GRPOConfig(group_size=3, steps_per_traj=2, epochs=1, minibatch_pairs=1000, ratio=ratio, kl_coef=0.5)
+    batch = rollout_groups(tiny_policy, PromptStream(0).take(2), 3, sampling, torch.Generator().manual_seed(0), 0)
+    batch = batch.__class__(**{**batch.__dict__, "reward": torch.tensor([0.0, 1.0, 0.2, 0.9, 0.1, 0.5])})
+    prepared = prepare(batch, cfg).batch
+    reference = copy.deepcopy(tiny_policy).requires_grad_(False)
+    with torch.no_grad():  # move the policy off the reference so the KL term has a gradient
+        for p in tiny_policy.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+
+    def grads(world_size: int) -> list[torch.Tensor]:
+        total = None
+        for rank in range(world_size):
+            policy = copy.deepcopy(tiny_policy)
+            grpo_update(policy, reference, prepared, cfg, sampling, lambda loss: (loss / world_size).backward() or 0.0,
+                        torch.Generator().manual_seed(0), rank=rank, world_size=world_size)
+            mine = [p.grad.clone() for p in policy.parameters()]
+            total = mine if total is None else [a + b for a, b in zip(total, mine)]
+        return total
+
+    for one, two in zip(grads(1), grads(2)):
+        torch.testing.assert_close(one, two, atol=1e-6, rtol=1e-4)

@@ -17,6 +17,7 @@ from actors.pools import PoolError
 from actors.runstate import read_events
 from maskrl.cli import main
 from maskrl.config import ConfigError
+from maskrl.evaluation import chunks_of, evaluate, flat_metrics, held_out_prompts, load_checkpoint
 from maskrl.metrics import read_metrics
 from tests.test_ray_pools import local_ray, tiny_checkpoint, tiny_config
 
@@ -51,6 +52,16 @@ def assert_nothing_lost(result, undisturbed) -> list[dict]:
     b = load_file(undisturbed.checkpoint / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
     return ms
+
+
+def test_held_out_eval_spread_over_the_workers_equals_the_single_process_one(undisturbed, ckpt, tmp_path):
+    e = tiny_config(ckpt, tmp_path).eval
+    prompts = held_out_prompts(e.prompts, e.seed)
+    assert len(chunks_of(prompts)) == 2  # one chunk for each rollout worker
+    expected = flat_metrics(evaluate(load_checkpoint(ckpt), prompts, e.samples, e.sampling, e.seed))
+    base = next(m for m in read_metrics(undisturbed.run) if m["iteration"] == 0)
+    assert {k: base[k] for k in expected} == pytest.approx(expected)
+    assert expected["eval/images"] == 40 and expected["eval/overall_ci95_low"] <= expected["eval/overall"]
 
 
 def test_sync_versions_equal_the_learners_and_resume_continues_exactly(undisturbed, ckpt, tmp_path):

@@ -34,7 +34,7 @@ def tiny_config(checkpoint: str, out, **cluster) -> TrainConfig:
         checkpoint=checkpoint, out=str(out), iterations=3, seed=0, track_kl=False, checkpoint_every=1, grid_every=0,
         grpo=GRPOConfig(group_size=4, prompts_per_iter=4, steps_per_traj=2, epochs=1, minibatch_pairs=16, lr=1e-3, warmup_iters=0),
         rollout=SamplingConfig(steps=4),
-        eval=EvalConfig(every=0, prompts=6, samples=1, sampling=SamplingConfig(steps=4)),
+        eval=EvalConfig(every=0, prompts=40, samples=1, sampling=SamplingConfig(steps=4)),  # 2 chunks
         cluster=ClusterConfig(
             rollout=PoolConfig(workers=2, cpus_per_worker=0.25),
             reward=PoolConfig(workers=1, cpus_per_worker=0.25),

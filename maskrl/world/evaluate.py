@@ -54,9 +54,14 @@ def shapes_eval(prompts: Sequence[Prompt], grids) -> dict:
     Categories with no prompts are left out of both the rates and the mean, so a run
     over a subset of categories reports the mean over the categories it covers.
     """
+    return pass_rates(prompts, pass_list(prompts, grids))
+
+
+def pass_rates(prompts: Sequence[Prompt], passed: Sequence[bool]) -> dict:
+    """`shapes_eval`'s result from whether each image passed its prompt."""
     results: dict[str, list[bool]] = {}
-    for prompt, passed in zip(prompts, pass_list(prompts, grids)):
-        results.setdefault(prompt.category, []).append(passed)
+    for prompt, ok in zip(prompts, passed):
+        results.setdefault(prompt.category, []).append(bool(ok))
     rates = {c: float(np.mean(results[c])) for c in CATEGORIES if c in results}
     return {"overall": float(np.mean(list(rates.values()))), **rates,
             "counts": {c: len(results[c]) for c in rates}}

@@ -1,6 +1,6 @@
 """95% intervals for ShapesEval rates, honest about how images were drawn.
 
-Images of one prompt (its samples) are correlated, so a category's rate is treated as a
+Images of one prompt entry (its samples) are correlated, so a category's rate is treated as a
 mean of per-prompt pass fractions: its variance is estimated from their spread (a cluster
 estimate), turned into an effective sample size (never above the image count), and the
 category's interval is Wilson's score interval at that size, sound near 0 and 1. The
@@ -37,12 +37,14 @@ def effective_size(per_prompt: np.ndarray, samples: np.ndarray) -> float:
     return float(np.clip(n_images * binomial_var / max(cluster_var, 1e-12), len(per_prompt), n_images))
 
 
-def shapes_eval_intervals(prompts: Sequence[Prompt], passed: Sequence[bool]) -> dict[str, list[float]]:
-    """{category: [low, high]} and "overall": [low, high] (95%), images grouped by identical prompt
-    text within a category (the samples of one prompt)."""
-    by_prompt: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    for prompt, ok in zip(prompts, passed):
-        by_prompt[prompt.category][prompt.text].append(bool(ok))
+def shapes_eval_intervals(prompts: Sequence[Prompt], passed: Sequence[bool],
+                          clusters: Sequence[int] | None = None) -> dict[str, list[float]]:
+    """{category: [low, high]} and "overall": [low, high] (95%). `clusters[i]` names the prompt entry
+    image i was generated for (its samples share it); by default every image is its own entry. A
+    prompt text drawn twice is two entries: entries are the draws from the category's prompts."""
+    by_prompt: dict[str, dict[int, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for i, (prompt, ok) in enumerate(zip(prompts, passed)):
+        by_prompt[prompt.category][clusters[i] if clusters is not None else i].append(bool(ok))
     out, variances, rates = {}, [], []
     for category in (c for c in CATEGORIES if c in by_prompt):
         groups = list(by_prompt[category].values())
