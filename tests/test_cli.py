@@ -70,3 +70,18 @@ def test_generation_is_chunk_seeded_so_any_split_draws_the_same_images(tiny_poli
     second = generate(tiny_policy, texts[CHUNK:], 1, sampling, seed=5, first_chunk=1)
     assert np.array_equal(whole[CHUNK:], second)
     assert not np.array_equal(whole[:CHUNK], second)  # chunks draw differently
+
+
+@pytest.mark.parametrize("override,named", [
+    ("rollout.variant=candidat1", "candidat1"), ("eval.sampling.noise_schedule=cosine", "cosine"),
+    ("grpo.ratio=tokens", "tokens"), ("grpo.dual_clip=0.5", "dual_clip"),
+])
+def test_train_refuses_bad_choices_before_ray_starts(tmp_path, capsys, override, named):
+    import time
+
+    start = time.perf_counter()
+    code = main(["train", "--config", "configs/shapes_cpu.yaml", f"out={tmp_path / 'run'}", override])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and override.split("=")[0].split(".")[0] in err, err
+    assert time.perf_counter() - start < 10  # refused up front: no Ray instance, no actor
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -252,10 +252,9 @@ METRIC_KEY = re.compile(r"^[a-z_]+/[a-z0-9_]+$")
 
 def logged_metric_keys() -> set[str]:
     """Every metric key the code logs, read from the source: dict-literal keys and `m["a/b"] = ...`
-    assignments in actors/ and maskrl/, the `iteration` the Ray sink adds, and `eval/<key>` for the
-    keys ShapesEval returns (train_local's `eval_metrics`, which the rollout workers call)."""
+    assignments in actors/ and maskrl/, the `iteration` the Ray sink adds, and the `eval/<key>`
+    metrics of a held-out evaluation (`maskrl.evaluation.flat_metrics`, which both trainers log)."""
     keys: set[str] = set()
-    eval_prefix = False
     for path in [*(REPO / "actors").glob("*.py"), *(REPO / "maskrl").rglob("*.py")]:
         tree = ast.parse(path.read_text())
         skip = set()
@@ -271,23 +270,16 @@ def logged_metric_keys() -> set[str]:
                     if (isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant)
                             and isinstance(t.slice.value, str) and METRIC_KEY.match(t.slice.value)):
                         keys.add(t.slice.value)
-            elif isinstance(node, ast.JoinedStr) and path.name == "train_local.py":
-                head = node.values[0] if node.values else None
-                if isinstance(head, ast.Constant) and head.value == "eval/":
-                    eval_prefix = True
             elif isinstance(node, ast.FunctionDef) and node.name == "__call__" and path.name == "metrics.py":
                 for sub in ast.walk(node):  # RayMetricsSink.__call__ adds the iteration number
                     if isinstance(sub, ast.Dict):
                         keys |= {k.value for k in sub.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
-    if eval_prefix:
-        from maskrl.world import CATEGORIES, PromptSampler
-        from maskrl.world.evaluate import shapes_eval
-        import numpy as np
+    from maskrl.evaluation import flat_metrics, summarise
+    from maskrl.world import CATEGORIES, PromptSampler
+    import numpy as np
 
-        prompts = [PromptSampler({c: 1.0}).sample(np.random.default_rng(0)) for c in CATEGORIES]
-        result = shapes_eval(prompts, [[] for _ in prompts])
-        keys |= {f"eval/{k}" for k, v in result.items() if isinstance(v, float)}
-    return keys
+    prompts = [PromptSampler({c: 1.0}).sample(np.random.default_rng(0)) for c in CATEGORIES]
+    return keys | set(flat_metrics(summarise(prompts, 1, [False] * len(prompts))))
 
 
 def _dashboard_exprs(dash: dict) -> list[str]:
