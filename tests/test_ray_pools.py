@@ -131,17 +131,25 @@ def test_metric_names_become_prometheus_gauge_names():
     assert gauge_name("loss/clip_frac_first_epoch") == "maskrl_loss_clip_frac_first_epoch"
 
 
-def test_sample_grid_png_has_a_cell_per_sample(tmp_path):
+def test_sample_grid_png_has_a_captioned_cell_per_sample(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from actors.driver import write_grid
-    from maskrl.world import PALETTE
+    from maskrl.grids import GUTTER, TEXT_H, write_grid
+    from maskrl.models import PaletteTokenizer
+    from maskrl.world import PALETTE, parse_prompt, render_batch
 
-    grids = np.zeros((2, 3, 16, 16), dtype=np.uint8)
-    grids[1, 2] = 4  # last sample of the second prompt: all yellow
-    write_grid(grids, tmp_path / "g.png", scale=2)
+    prompts = ["a red circle", "two squares"]
+    grids = PaletteTokenizer().decode(PaletteTokenizer().encode(
+        render_batch([parse_prompt(p) for p in prompts for _ in range(3)], np.random.default_rng(0)))).reshape(2, 3, 16, 16)
+    grids[1, 2] = 4  # last sample of the second prompt: all yellow (no objects: a failure)
+    returned = write_grid(prompts, grids, tmp_path / "g.png")
     img = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
-    assert img.shape == (2 * 34 + 2, 3 * 34 + 2, 3)
-    assert tuple(img[2 + 34 + 16, 2 + 2 * 34 + 16]) == tuple(PALETTE[4])
-    assert tuple(img[2 + 16, 2 + 16]) == tuple(PALETTE[0])
+    assert np.array_equal(img, returned)
+    cell, row_h = 16 * 6, TEXT_H + 16 * 6 + TEXT_H + GUTTER
+    top = GUTTER + row_h + TEXT_H  # second row's images
+    assert tuple(img[top + cell // 2, GUTTER + 2 * (cell + GUTTER) + cell // 2]) == tuple(PALETTE[4])
+    caption = img[top + cell + 1 : top + cell + TEXT_H, GUTTER + 2 * (cell + GUTTER) : GUTTER + 3 * (cell + GUTTER)]
+    passed = img[GUTTER + TEXT_H + cell + 1 : GUTTER + TEXT_H + cell + TEXT_H, GUTTER : GUTTER + cell]
+    red, green = (caption[..., 0] > 200) & (caption[..., 1] < 120), (passed[..., 1] > 200) & (passed[..., 0] < 120)
+    assert red.any() and green.any()  # FAIL is written in red under the yellow square, PASS in green under a render

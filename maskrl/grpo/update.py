@@ -42,8 +42,10 @@ def grpo_update(
                 continue
             size = minibatch_size(batch, traj[mb], step[mb], sampling)
             loss, metrics = grpo_loss(policy, reference, batch, traj[mine], step[mine], cfg, sampling, size)
-            # each rank's loss is its share of the minibatch's; ranks average gradients, so scale back up
+            # each rank's loss is its share of the minibatch's; ranks average gradients (and the
+            # learner averages metrics), so scale back up
             metrics["grad_norm"] = optimizer_step(loss * world_size)
+            metrics["policy_loss"] = metrics["policy_loss"] * world_size
             for name, value in metrics.items():
                 seen[name].append(float(value))
         per_epoch.append(seen)
