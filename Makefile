@@ -10,11 +10,13 @@ export DS_ACCELERATOR := cpu
 
 .PHONY: install run test test-slow bench clean
 
+# -qq: pip's errors only (the machine's extra indexes make pip warn about every project they lack)
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@echo "maskrl: installing into $(VENV) (first time, or after setup.cfg changed: a few minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -qq --upgrade pip
+	@$(PY) -m pip install -qq -e '.[test]'
+	@touch $(STAMP)
 
 install: $(STAMP)
 

@@ -1,6 +1,6 @@
 """The learner group: N ranks, each a Ray actor running DeepSpeed (ZeRO stage 0-3) on the
 policy, torch.distributed initialised inside the actors (NCCL on GPU, gloo on CPU with
-DS_ACCELERATOR=cpu), and the optimiser a client torch AdamW (`train_local.make_optimizer`).
+DS_ACCELERATOR=cpu), and the optimiser a client torch AdamW (`maskrl.grpo.optim.make_optimizer`).
 
 One update = `maskrl.iteration.prepare` + `maskrl.grpo.grpo_update` on the trajectory record
 batches read zero-copy from the object store; every rank prepares the same batch and takes
@@ -17,26 +17,19 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from actors import collective, weights
-from actors.pools import dead_actors, rendezvous_hosts
 from maskrl.checkpoints import digest_tree
 from maskrl.evaluation import load_checkpoint
 from maskrl.grpo import grpo_update
-from maskrl.iteration import prepare
+from maskrl.grpo.optim import make_optimizer
+from maskrl.iteration import check_groups, prepare
+from maskrl.seeds import update_seed
 from maskrl.models import save_policy
 from maskrl.train_config import TrainConfig
-from maskrl.train_local import make_optimizer
 from maskrl.trajectory import TrajectoryBatch
-
-
-def update_seed(seed: int, iteration: int) -> int:
-    """The generator of iteration k's update (step sampling, minibatch order): same on every rank."""
-    return int(np.random.SeedSequence([seed, iteration, 0x6C]).generate_state(1)[0])
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
@@ -46,7 +39,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "gradient_accumulation_steps": 1,
         "train_batch_size": world_size,
         "gradient_clipping": cfg.grpo.grad_clip,
-        "zero_optimization": {"stage": lc.zero_stage},
+        "zero_optimization": {"stage": int(lc.zero_stage)},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -59,15 +52,6 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def check_groups(batch: TrajectoryBatch, planned: list[int], group_size: int) -> None:
-    """Exactly the planned groups, each with exactly `group_size` trajectories: none lost, none duplicated."""
-    ids, counts = torch.unique(batch.group_id, return_counts=True)
-    if ids.tolist() != sorted(planned) or not bool((counts == group_size).all()):
-        bad = {int(i): int(c) for i, c in zip(ids, counts) if c != group_size}
-        lost = sorted(set(planned) - set(ids.tolist()))
-        raise RuntimeError(f"batch does not match the plan: lost groups {lost[:5]}, wrong sizes {dict(list(bad.items())[:5])}")
 
 
 class LearnerRank:
@@ -120,7 +104,7 @@ class LearnerRank:
         self.reference = None
         if g.kl_coef or self.cfg.track_kl:
             self.reference = load_checkpoint(self.cfg.checkpoint).to(device).requires_grad_(False)
-        optim, self.sched = make_optimizer(policy, self.cfg)
+        optim, self.sched = make_optimizer(policy, self.cfg.grpo, self.cfg.iterations)
         if self.cfg.cluster.learner.zero_stage == 3:
             # ShowoPolicy.forward reads lm_head's rows itself (never calls lm_head): ZeRO-3 must gather them.
             for p in policy.lm.lm_head.parameters():
@@ -169,7 +153,7 @@ class LearnerRank:
         if len(prepared.batch):
             gen = torch.Generator().manual_seed(update_seed(self.cfg.seed, iteration))
             result = grpo_update(
-                self.module, self.reference, prepared.batch, self.cfg.grpo, self.cfg.rollout, self._step, gen,
+                self.module, self.reference, prepared.batch, self.cfg.grpo, self.cfg.sampling, self._step, gen,
                 rank=self.rank, world_size=self.world_size,
             )
             metrics.update({f"loss/{k}": v for k, v in self._rank_mean(result).items()})
@@ -288,78 +272,3 @@ class LearnerRank:
 
 
 LearnerActor = ray.remote(LearnerRank)  # the class itself stays importable, so Ray pickles it by reference
-
-
-class LearnerLost(RuntimeError):
-    """A learner rank (or its node) is gone: the group cannot continue; the driver rebuilds it
-    from the last complete checkpoint."""
-
-    iteration: int | None = None  # where it happened (set by the driver on the way out)
-
-
-class LearnerGroup:
-    """Driver-side handle of the N ranks: rendezvous, then every call goes to all ranks.
-
-    Every call waits for the ranks one by one and stops at the first failure: a dead rank raises
-    `LearnerLost` at once, even while the others are still blocked in a collective with it."""
-
-    def __init__(self, pool, share, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None):
-        n = pool.spec.count
-        self.ranks = [LearnerActor.options(**pool.options(r, share)).remote(r, n, cfg, share.threads, share.gpus > 0) for r in range(n)]
-        master, _ = rendezvous_hosts(self._all([r.address.remote() for r in self.ranks]))
-        port = self._all([self.ranks[0].free_port.remote(master)])[0]
-        self.info = self._all([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks])
-
-    def _all(self, refs: list) -> list:
-        try:
-            wait_each(refs)
-            return ray.get(refs)
-        except RayActorError as err:
-            raise LearnerLost(f"a learner rank is gone: {_first_line(err)}") from err
-        except ObjectLostError as err:  # an input batch went with its node; the ranks may now disagree
-            raise LearnerLost(f"an input of the learner was lost with its node: {_first_line(err)}") from err
-        except RayTaskError as err:  # a failed collective on a live rank means its peer is gone
-            dead = self.dead_ranks()
-            if dead:
-                raise LearnerLost(f"learner ranks {dead} are gone ({_first_line(err)})") from err
-            raise  # every rank is alive: a real error, reported as it is
-
-    def dead_ranks(self, timeout_s: float = 30.0) -> list[int]:
-        """Ranks whose actor is dead (a rank stuck in a collective with a dead one is not)."""
-        return dead_actors(self.ranks, timeout_s)
-
-    def update(self, iteration: int, batch_refs: list, planned: list[int]) -> dict[str, float]:
-        return self._all([r.update.remote(iteration, batch_refs, planned) for r in self.ranks])[0]
-
-    def publish(self, version: int):
-        """Object-store transport: the ref of rank 0's full weights (put once, read by every worker)."""
-        refs = [r.publish.remote(version, "object_store") for r in self.ranks]
-        self._all(refs[1:])
-        ray.wait(refs[:1], fetch_local=False)  # a failure of rank 0 surfaces where the workers load it
-        return refs[0]
-
-    def publish_collective(self, version: int, group: str, bucket_bytes: int) -> list:
-        """Collective transport: refs of the ranks' publish calls (rank 0 broadcasts to `group`)."""
-        return [r.publish.remote(version, "collective", group, bucket_bytes) for r in self.ranks]
-
-    def save(self, directory: str, extra: dict) -> dict[str, dict]:
-        """Every rank writes its part into `directory`; returns the digests of all files written."""
-        return {k: v for part in self._all([r.save.remote(directory, extra) for r in self.ranks]) for k, v in part.items()}
-
-    def shutdown(self) -> None:
-        for r in self.ranks:
-            ray.kill(r)
-
-
-def wait_each(refs: list) -> None:
-    """Wait for the calls one at a time, raising the first failure as soon as it happens (not after
-    the calls before it in the list, which may be stuck in a collective with a dead peer)."""
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done[0])
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-

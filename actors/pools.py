@@ -21,7 +21,7 @@ class PoolError(ValueError):
     pass
 
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+ROLES = ("rollout", "reward", "learner")
 
 
 @dataclass(frozen=True)
@@ -60,41 +60,39 @@ COLOCATED = "learner+rollout"
 
 def pool_layout(cluster: ClusterConfig) -> tuple[list[PoolSpec], dict[str, Share]]:
     """The placement groups to create and each role's share of its bundles; errors name the pool."""
-    lc, rc, wc = cluster.learner, cluster.rollout, cluster.reward
-    sized = {"rollout": (rc.workers, rc.cpus_per_worker, rc.gpus_per_worker, rc.resources, rc.strategy),
-             "reward": (wc.workers, wc.cpus_per_worker, wc.gpus_per_worker, wc.resources, wc.strategy),
-             "learner": (lc.ranks, lc.cpus_per_rank, lc.gpus_per_rank, lc.resources, lc.strategy)}
-    for name, (count, cpus, gpus, resources, strategy) in sized.items():
-        if count < 1:
-            raise PoolError(f"pool '{name}' needs at least 1 worker, config asks for {count}")
+    pools = {name: getattr(cluster, name) for name in ROLES}
+    for name, pc in pools.items():
+        if pc.workers < 1:
+            raise PoolError(f"pool '{name}' needs at least 1 worker, config asks for {pc.workers}")
+        cpus, gpus = pc.cpus_per_worker, pc.gpus_per_worker
         if cpus < 0 or gpus < 0 or not (cpus > 0 or gpus > 0):
             raise PoolError(f"pool '{name}': each worker needs some CPU or GPU (cpus={cpus}, gpus={gpus})")
-        if strategy not in STRATEGIES:
-            raise PoolError(f"pool '{name}': strategy {strategy!r} is not one of {list(STRATEGIES)}")
-        if any(v < 0 for v in resources.values()):
-            raise PoolError(f"pool '{name}': custom resources must be >= 0, got {dict(resources)}")
-    if lc.gpus_per_rank not in (0, 1):
-        raise PoolError(f"pool 'learner': gpus_per_rank must be 0 or 1 (one DeepSpeed rank per GPU), got {lc.gpus_per_rank}")
+        if any(v < 0 for v in pc.resources.values()):
+            raise PoolError(f"pool '{name}': custom resources must be >= 0, got {dict(pc.resources)}")
+    lc, rc = cluster.learner, cluster.rollout
+    if lc.gpus_per_worker not in (0, 1):
+        raise PoolError(f"pool 'learner': gpus_per_worker must be 0 or 1 (one DeepSpeed rank per GPU), got {lc.gpus_per_worker}")
 
     def spec(name: str) -> PoolSpec:
-        count, cpus, gpus, resources, strategy = sized[name]
-        return PoolSpec(name, count, cpus, gpus, tuple(sorted(resources.items())), strategy)
+        pc = pools[name]
+        return PoolSpec(name, pc.workers, pc.cpus_per_worker, pc.gpus_per_worker, tuple(sorted(pc.resources.items())),
+                        str(pc.strategy))
 
-    shares = {name: Share(name, sized[name][1], sized[name][2]) for name in sized}
+    shares = {name: Share(name, pc.cpus_per_worker, pc.gpus_per_worker) for name, pc in pools.items()}
     if not cluster.colocate:
-        return [spec("rollout"), spec("reward"), spec("learner")], shares
-    if rc.workers != lc.ranks:
+        return [spec(name) for name in ROLES], shares
+    if rc.workers != lc.workers:
         raise PoolError(
             f"pool '{COLOCATED}': cluster.colocate puts rollout worker i on learner rank i's bundle, so "
-            f"cluster.rollout.workers ({rc.workers}) must equal cluster.learner.ranks ({lc.ranks})"
+            f"cluster.rollout.workers ({rc.workers}) must equal cluster.learner.workers ({lc.workers})"
         )
     # one bundle per learner rank holding both actors; a GPU they both want is shared (half each)
-    gpus = max(lc.gpus_per_rank, rc.gpus_per_worker)
-    both = lc.gpus_per_rank > 0 and rc.gpus_per_worker > 0
+    gpus = max(lc.gpus_per_worker, rc.gpus_per_worker)
+    both = lc.gpus_per_worker > 0 and rc.gpus_per_worker > 0
     resources = {**rc.resources, **lc.resources}
-    combined = PoolSpec(COLOCATED, lc.ranks, lc.cpus_per_rank + rc.cpus_per_worker, gpus,
-                        tuple(sorted(resources.items())), lc.strategy)
-    shares["learner"] = Share(COLOCATED, lc.cpus_per_rank, gpus / 2 if both else lc.gpus_per_rank)
+    combined = PoolSpec(COLOCATED, lc.workers, lc.cpus_per_worker + rc.cpus_per_worker, gpus,
+                        tuple(sorted(resources.items())), str(lc.strategy))
+    shares["learner"] = Share(COLOCATED, lc.cpus_per_worker, gpus / 2 if both else lc.gpus_per_worker)
     shares["rollout"] = Share(COLOCATED, rc.cpus_per_worker, gpus / 2 if both else rc.gpus_per_worker)
     return [combined, spec("reward")], shares
 
@@ -160,8 +158,10 @@ class WorkerGroup:
     gets no room within `timeout_s` fails, naming the pool, rather than waiting forever."""
 
     def __init__(self, pool: ResourcePool, share: Share, actor_cls, args: tuple, max_restarts: int,
-                 timeout_s: float, runtime_env: dict | None = None):
+                 timeout_s: float, runtime_env: dict | None = None, on_replace=None):
+        """`on_replace(actor)` runs after a replacement has started (e.g. to hand it current weights)."""
         self.pool, self.share, self.actor_cls, self.args = pool, share, actor_cls, args
+        self.on_replace = on_replace
         self.max_restarts, self.timeout_s = max_restarts, timeout_s
         self.extra = {"runtime_env": runtime_env} if runtime_env else {}
         self.restarts = 0
@@ -175,6 +175,10 @@ class WorkerGroup:
 
     def __getitem__(self, index: int):
         return self.actors[index]
+
+    def call_all(self, method: str, *args) -> list:
+        """Refs of `method(*args)` on every worker, in worker order."""
+        return [getattr(a, method).remote(*args) for a in self.actors]
 
     def replace(self, index: int, args: tuple | None = None):
         self.restarts += 1
@@ -192,7 +196,25 @@ class WorkerGroup:
                 f"{self.timeout_s:g}s (its node is gone and no other node has {self.pool.spec.bundle} free)"
             )
         ray.get(ready[0])  # a replacement that fails to start raises its own error here
+        if self.on_replace:
+            self.on_replace(actor)
         return actor
+
+
+def first_done(refs: list) -> ray.ObjectRef:
+    """The first of `refs` to finish (a failure included): waiting for calls one at a time in
+    completion order surfaces a failure at once, not after calls stuck with a dead peer."""
+    [done], _ = ray.wait(refs, num_returns=1)
+    return done
+
+
+def wait_each(refs: list) -> None:
+    """Wait for every call, raising the first failure as soon as it happens."""
+    pending = list(refs)
+    while pending:
+        done = first_done(pending)
+        pending.remove(done)
+        ray.get(done)
 
 
 def dead_actors(actors: list, timeout_s: float) -> list[int]:

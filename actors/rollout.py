@@ -28,18 +28,13 @@ class BroadcastAbandoned(RuntimeError):
     """The weight group's broadcast broke before this worker joined it; its weights come another way."""
 
 
-def task_seed(seed: int, iteration: int, first_index: int) -> int:
-    """The generator seed of the rollout task whose first group is stream index `first_index`:
-    a task regenerated on another worker reproduces the same trajectories."""
-    return int(np.random.SeedSequence([seed, iteration, first_index, 0x52]).generate_state(1)[0])
-
-
 class RolloutWorker:
     def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, threads: int, use_gpu: bool = False):
         torch.set_num_threads(threads)
         self.device = "cuda" if use_gpu else "cpu"
         self.policy = load_checkpoint(checkpoint).to(self.device).requires_grad_(False)
         self.version, self.sampling = version, sampling
+        self.adopted = False  # the weights are read-only views of the object store (adopt_numpy)
 
     def ready(self) -> int:
         return self.version
@@ -50,7 +45,11 @@ class RolloutWorker:
     def load_weights(self, version: int, state: dict[str, np.ndarray]) -> float:
         """Returns the seconds spent loading."""
         start = time.perf_counter()
-        weights.load_numpy(self.policy, state)
+        if self.device == "cpu":  # sampling only reads the weights: use the object store's in place
+            weights.adopt_numpy(self.policy, state)
+        else:
+            weights.load_numpy(self.policy, state)
+        self.adopted = self.device == "cpu"
         self.version = version
         return time.perf_counter() - start
 
@@ -65,6 +64,9 @@ class RolloutWorker:
         if collective.is_abandoned(group):
             raise BroadcastAbandoned(f"weight group {group} was abandoned before version {version} reached this worker")
         start = time.perf_counter()
+        if self.adopted:  # the broadcast writes in place: into memory of this worker's own
+            weights.own_weights(self.policy)
+            self.adopted = False
         try:
             weights.broadcast_recv(self.policy, version, group, bucket_bytes)
         except BaseException:

@@ -1,17 +1,33 @@
-"""Joining Ray: the cluster at RAY_ADDRESS when set, else a fresh local instance (dashboard on
-the configured loopback host, token authentication on)."""
+"""Joining Ray, and the runtime of one training attempt: the resource pools, the worker groups
+and the learner, with the task dispatcher and the weight sync wired to them. Every method
+passes object refs only; a dead rollout or reward worker is replaced in its bundle here."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from pathlib import Path
 
+import numpy as np
 import ray
+from ray.exceptions import RayActorError, RayTaskError
 
-from maskrl.train_config import ClusterConfig
+from actors.dispatch import Dispatcher
+from actors.learner_group import LearnerGroup
+from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_layout
+from actors.reward import RewardActor
+from actors.rollout import RolloutActor
+from actors.runstate import DriverState, EventLog
+from actors.weight_sync import WeightSync
+from maskrl.checkpoints import write_atomically
+from maskrl.evaluation import chunks_of, flat_metrics, held_out_prompts, summarise
+from maskrl.train_config import ClusterConfig, TrainConfig
 
 
 def connect(cluster: ClusterConfig) -> tuple[bool, str | None]:
-    """(whether this call started a local Ray instance, which the caller then shuts down; dashboard URL)."""
+    """Join the cluster at RAY_ADDRESS when set, else start a local instance (dashboard on the
+    configured loopback host, token authentication on). Returns (whether this call started the
+    instance, which the caller then shuts down; dashboard URL)."""
     if ray.is_initialized():  # e.g. a test session or a notebook that already joined
         return False, None
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -25,3 +41,111 @@ def connect(cluster: ClusterConfig) -> tuple[bool, str | None]:
     os.environ.update(env)  # local workers inherit the driver's environment
     info = ray.init(address="local", include_dashboard=True, dashboard_host=cluster.dashboard_host, logging_level=logging.WARNING)
     return True, info.dashboard_url
+
+
+class Runtime:
+    """The pools of one attempt, built from `policy_dir` at `version`."""
+
+    def __init__(self, cfg: TrainConfig, policy_dir: str, version: int, optimizer_dir: str | None, events: EventLog,
+                 fail_fast: bool = True):
+        """`fail_fast`: a cluster too small for the pools is an error at once (PoolError naming the
+        pool); otherwise (a rebuild after a lost node) each pool waits `placement_timeout_s` for
+        room, e.g. for the autoscaler's replacement node."""
+        self.cfg, c, self.events = cfg, cfg.cluster, events
+        self.iteration = version  # the iteration in progress (set by the loop), for the event log
+        specs, shares = pool_layout(c)
+        if fail_fast:
+            check_cluster(specs)
+        self.pools, self.groups = {}, {}
+        try:
+            for spec in specs:
+                self.pools[spec.name] = ResourcePool(spec, c.placement_timeout_s)
+            rs, ws, ls = shares["rollout"], shares["reward"], shares["learner"]
+            self.rollout = self.groups["rollout"] = WorkerGroup(
+                self.pools[rs.pool], rs, RolloutActor, (policy_dir, version, cfg.sampling, rs.threads, rs.gpus > 0),
+                c.max_restarts, c.placement_timeout_s, on_replace=lambda actor: self.weights.worker_replaced(actor))
+            self.reward = self.groups["reward"] = WorkerGroup(
+                self.pools[ws.pool], ws, RewardActor, (cfg.reward, ws.threads), c.max_restarts, c.placement_timeout_s,
+                runtime_env=cfg.reward.ray_runtime_env(),  # the reward's own dependencies, if any
+            )
+            self.learner = LearnerGroup(self.pools[ls.pool], ls, cfg, policy_dir, version, optimizer_dir)
+            ray.get(self.rollout.call_all("ready") + self.reward.call_all("ready"))
+        except BaseException:
+            self.shutdown()
+            raise
+        self.weights = WeightSync(self.learner, self.rollout, c.weight_transport, c.weight_bucket_mb,
+                                  use_nccl=ls.gpus > 0 and rs.gpus > 0, version=version, events=events,
+                                  recover=lambda i, dead: self.recover(self.rollout, i, dead), iteration=lambda: self.iteration)
+        self.tasks = Dispatcher(self.rollout, self.reward, cfg.grpo.group_size, c.groups_per_task, cfg.seed, events,
+                                version=lambda: self.weights.versions.sent, recover=self.recover)
+
+    def recover(self, group: WorkerGroup, index: int, dead) -> None:
+        """Replace worker `index` if it still is `dead` (another of its tasks may have had it replaced)."""
+        if group[index] is not dead:
+            return
+        group.replace(index)
+        kind = "rollout_worker_replaced" if group is self.rollout else "reward_worker_replaced"
+        self.events.log(kind, self.iteration, worker=index, replacements=group.restarts)
+
+    def update(self, iteration: int, scored: list, groups: list[int]) -> dict[str, float]:
+        metrics = self.learner.update(iteration, scored, groups)
+        self.weights.learner_updated(iteration)
+        return metrics
+
+    # -- evaluation and samples, on rollout workers holding the current weights
+    def evaluate(self) -> dict[str, float]:
+        """Held-out ShapesEval of the current weights, its prompt chunks spread over the rollout
+        workers (each chunk is seeded on its own: the result does not depend on the worker count);
+        a chunk whose worker died or held other weights is redone on worker 0."""
+        self.weights.deliver()
+        e, version = self.cfg.eval, self.weights.versions.sent
+        prompts = held_out_prompts(e.prompts, e.seed)
+        sent = [(c, self.rollout[c % len(self.rollout)]) for c in chunks_of(prompts)]
+        refs = [actor.eval_chunk.remote(e, c, version) for c, actor in sent]
+        passed = []
+        for (chunk, actor), ref in zip(sent, refs):
+            try:
+                passed += ray.get(ref)
+            except (RayActorError, RayTaskError) as err:
+                if isinstance(err, RayActorError):
+                    self.recover(self.rollout, chunk % len(self.rollout), actor)
+                passed += self._on_worker0("eval_chunk", e, chunk, self.weights.versions.sent)
+        return flat_metrics(summarise(prompts, e.samples, passed))
+
+    def sample_grid(self, prompts: list[str], samples: int) -> np.ndarray:
+        e = self.cfg.eval
+        return self._on_worker0("sample_grid", prompts, samples, e.sampling, e.seed)
+
+    def _on_worker0(self, method: str, *args):
+        self.weights.deliver()  # async: the last load may still be queued
+        for attempt in range(2):
+            actor = self.rollout[0]
+            try:
+                return ray.get(getattr(actor, method).remote(*args))
+            except RayActorError:
+                if attempt:
+                    raise
+                self.recover(self.rollout, 0, actor)
+
+    def save(self, state: DriverState) -> Path:
+        """The learner's weights and optimiser shards plus the driver state, as one atomic checkpoint
+        at `state.checkpoint`."""
+        self.weights.settle()
+
+        def write(staging: Path) -> dict:
+            digests = self.learner.save(str(staging), {"iteration": state.iteration})
+            state.write(staging)
+            return digests
+
+        return write_atomically(state.checkpoint, write)
+
+    def shutdown(self) -> None:
+        """Best effort (actors or nodes may be gone already): an error here must not hide the one
+        that ended the attempt. Removing the placement groups also ends any actor left in them."""
+        actors = [a for g in self.groups.values() for a in g.actors] + (self.learner.ranks if hasattr(self, "learner") else [])
+        for a in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        for p in self.pools.values():
+            with contextlib.suppress(Exception):
+                p.remove()

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from bench_core_common import base_parser, prompts, sampling_config, setup, table
-from bench_core_rollout import reference_generate
+from common import base_parser, prompts, sampling_config, setup, table
+from reference import reference_generate
 from maskrl.iteration import PromptStream, rollout_groups
 
 TRAJECTORY_COLUMNS = ("tokens", "reveal_step", "cutoff", "behaviour_terms")

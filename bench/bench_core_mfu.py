@@ -18,12 +18,11 @@ for the whole sampler and for one bare forward at the same batch.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 from torch import nn
 
-from bench_core_common import base_parser, median, prompts, sampling_config, setup, table, timed
+from common import base_parser, median, prompts, sampling_config, setup, table, timed
 from maskrl.sampling import sample
 
 

@@ -3,7 +3,7 @@ mid-run, against the same run undisturbed, in one process; prints what each faul
 
 Nodes (`ray.cluster_utils.Cluster`): the head (the driver, the reward worker) and three workers
 with 2 CPUs each; rollout workers SPREAD over the workers, the learner ranks PACKed on one.
-Faults (`actors.chaos.FaultInjector`, each while an iteration's rollouts are in flight):
+Faults (`tests.faults.FaultInjector`, each while an iteration's rollouts are in flight):
 rollout worker killed, reward worker killed, learner rank killed, the learner's node lost
 (SIGKILL of its raylet and processes; a new node joins as an autoscaler would add one) and the
 newest checkpoint truncated just before a learner rank is killed (the recovery must skip it).
@@ -20,8 +20,7 @@ import collections
 import tempfile
 import time
 
-from bench_core_common import table
-from bench_ray_common import base_parser, saved, setup
+from common import base_parser, saved, setup, table
 from maskrl.config import load_config
 from maskrl.train_config import TrainConfig
 
@@ -64,7 +63,7 @@ def main(argv=None) -> None:
         ("rollout", "reward", "learner", "node", "truncate")))
     args = p.parse_args(argv)
     policy = setup(args)
-    from actors.chaos import FaultInjector, simulated_cluster
+    from tests.faults import FaultInjector, simulated_cluster
     from actors.driver import train
 
     checkpoint = saved(policy)  # the base model (or --tiny / random) as a directory the actors load

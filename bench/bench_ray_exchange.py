@@ -6,7 +6,7 @@ reward worker -> learner, as Arrow record batches vs the reference's per-step Py
   record batch, the learner actor `ray.get`s it and rebuilds the batch (`from_arrow`, `concat`):
   exactly the path of `actors/`.
 - reference: the same trajectories in the public code's layout (per trajectory, per step: revealed
-  indices, their tokens, re-masked indices, min confidence, log-prob; see bench_ray_common), passed
+  indices, their tokens, re-masked indices, min confidence, log-prob; see reference.reference_lists), passed
   along the same three actors as Python objects (pickled by Ray), rewards attached per record.
 
 Timed from the driver: submit the three calls, wait for the learner's answer; interleaved, median.
@@ -25,8 +25,8 @@ from dataclasses import replace
 
 import torch
 
-from bench_core_common import interleave, median, sampling_config, table
-from bench_ray_common import base_parser, mb, reference_lists, setup, start_ray
+from common import base_parser, interleave, mb, median, sampling_config, setup, start_ray, table
+from reference import reference_lists
 from maskrl.iteration import PromptStream, rollout_groups
 from maskrl.train_config import TrainConfig
 from maskrl.trajectory import TrajectoryBatch

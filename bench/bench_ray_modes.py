@@ -14,8 +14,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-from bench_core_common import table
-from bench_ray_common import base_parser, saved, setup, start_ray
+from common import base_parser, saved, setup, start_ray, table
 from maskrl.config import load_config
 from maskrl.train_config import TrainConfig
 
@@ -27,7 +26,7 @@ def run(checkpoint: str, mode: str, args) -> list[dict]:
     out = tempfile.mkdtemp(prefix=f"maskrl-bench-{mode}-")
     cfg = load_config(TrainConfig, "configs/shapes_cpu.yaml", [
         f"checkpoint={checkpoint}", f"out={out}", f"iterations={args.iterations}", f"cluster.mode={mode}",
-        f"grpo.prompts_per_iter={args.prompts}", f"grpo.group_size={args.group}", f"rollout.steps={args.steps}",
+        f"grpo.prompts_per_iter={args.prompts}", f"grpo.group_size={args.group}", f"sampling.steps={args.steps}",
         "grpo.min_group_std=-1", "grid_every=0", f"checkpoint_every={args.iterations}",
         "eval.prompts=6", "eval.samples=1", "eval.sampling.steps=2",
     ])

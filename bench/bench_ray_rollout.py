@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench_core_common import interleave, median, sampling_config, table
-from bench_ray_common import base_parser, saved, setup, start_ray
+from common import base_parser, interleave, median, sampling_config, saved, setup, start_ray, table
 from maskrl.iteration import PromptStream
 from maskrl.train_config import TrainConfig
 

@@ -1,80 +1,153 @@
-"""Weight broadcast: seconds and MB/s from the learner to all rollout workers, through the object
-store (ray.put once, every worker loads) and the bucketed `ray.util.collective` broadcast (gloo),
-against a local memcpy of the same bytes.
+"""Weight sync: seconds and MiB/s of one full publish from a sender to 2 receivers, through the object
+store and through the bucketed `ray.util.collective` broadcast, against a local memcpy of the same bytes.
 
-Runs the real pools of `actors/` (2 learner ranks under DeepSpeed ZeRO-2, 2 rollout workers, 1
-reward worker) and times `Runtime.publish(version, wait=True)`: gathering the full state on the
-learner, moving it, and every worker loading it into its policy. Models: the measured policy
-(the base model or a random one of its size) and, with --hidden, a wider random one so that the
-transfer is not all fixed costs.
+The sender and the receivers are plain Ray actors calling the functions learner rank 0 and the rollout
+workers call (actors.weights, actors.collective): a publish is timed from the sender's call until both
+receivers hold the weights. The state is `--tensors` float32 matrices of 1024 columns, each with a
+1024-float bias, together `--sizes-mb` MiB. Receivers' weights are checked bit for bit afterwards.
+All members run on this node, so the collective group (gloo) moves the data through shared memory.
 
-    python bench/bench_ray_weights.py [--hidden 512 --layers 8]
+A receiver that keeps its own copy makes a publish move the payload through memory 1 + receivers
+times (out of the sender, into each receiver); on a 2-core machine concurrent copies add little
+bandwidth (one copy ~11 GB/s, two at once ~12 GB/s together), which bounds that at roughly 40-50% of
+a memcpy. A CPU rollout worker only reads its weights, so it adopts the object store's zero-copy
+views instead (actors.weights.adopt_numpy): a publish is then the one copy of `ray.put`. GPU
+workers copy to the device, as the "copy" row does.
+
+    python bench/bench_ray_weights.py [--sizes-mb 3 100 1024] [--quick]
 """
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
+import hashlib
+import uuid
 
 import torch
 
-from bench_core_common import interleave, median, table
-from bench_ray_common import base_parser, saved, setup, start_ray
-from maskrl.models import ShowoConfig, ShowoPolicy
-from maskrl.train_config import ClusterConfig, LearnerConfig, PoolConfig, TrainConfig
+from common import interleave, median, start_ray, table
+
+COLS = 1024  # floats per row of every matrix
+RECEIVERS = 2
 
 
-def measure(ray, checkpoint: str, nbytes: int, repeats: int, bucket_mb: float) -> list:
-    import tempfile
+def shapes(nbytes: int, tensors: int) -> list[tuple[int, ...]]:
+    """`tensors` (rows, COLS) matrices and their (COLS,) biases, together about `nbytes`."""
+    rows = max(1, round(nbytes / (tensors * COLS * 4)) - 1)
+    return [s for _ in range(tensors) for s in ((rows, COLS), (COLS,))]
 
-    from actors.driver import Runtime
-    from actors.runstate import EventLog
 
-    cfg = TrainConfig(checkpoint=checkpoint, track_kl=False, cluster=ClusterConfig(
-        rollout=PoolConfig(workers=2, cpus_per_worker=0.5), reward=PoolConfig(workers=1, cpus_per_worker=0.25),
-        learner=LearnerConfig(ranks=2, cpus_per_rank=0.25, zero_stage=2), weight_bucket_mb=bucket_mb,
-    ))
-    rt = Runtime(cfg, checkpoint, version=0, optimizer_dir=None, events=EventLog(Path(tempfile.mkdtemp())))
-    try:
-        def publish(transport: str):
-            def run():
-                rt.cfg.cluster.weight_transport = transport
-                rt.publish(0, wait=True)
-            return run
+class Member:
+    """A module of the given shapes, and the weight-sync calls of learner rank 0 and a rollout worker."""
 
-        src = torch.randn(nbytes // 4)
-        dst = torch.empty_like(src)
-        times = interleave({"object_store": publish("object_store"), "collective": publish("collective"),
-                            "memcpy": lambda: dst.copy_(src)}, repeats)
-    finally:
-        rt.shutdown()
-    rows = []
-    for name, label in (("object_store", "object store (put once, 2 workers load)"),
-                        ("collective", f"ray.util.collective gloo broadcast ({bucket_mb:g} MB buckets)"),
-                        ("memcpy", "local memcpy of the same bytes")):
+    def __init__(self, shapes: list[tuple[int, ...]], random: bool):
+        from torch import nn
+
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        self.module = nn.Module().requires_grad_(False)
+        for i, shape in enumerate(shapes):
+            self.module.register_parameter(f"p{i}", nn.Parameter(torch.rand(shape) if random else torch.zeros(shape), requires_grad=False))
+
+    def join(self, world_size: int, rank: int, group: str) -> None:
+        from actors import collective
+
+        collective.join(world_size, rank, group, "127.0.0.1", "127.0.0.1", collective.GLOO)
+
+    def publish(self):
+        from actors import weights
+
+        return weights.to_numpy(self.module.state_dict())
+
+    def load(self, version: int, published, adopt: bool) -> None:
+        """As a rollout worker: a CPU one adopts the object store's views, a GPU one copies."""
+        from actors import weights
+
+        (weights.adopt_numpy if adopt else weights.load_numpy)(self.module, published)
+
+    def send(self, version: int, group: str, bucket_bytes: int) -> None:
+        from actors import weights
+
+        weights.broadcast_send(self.module.state_dict(), version, group, bucket_bytes)
+
+    def receive(self, version: int, group: str, bucket_bytes: int) -> None:
+        from actors import weights
+
+        weights.broadcast_recv(self.module, version, group, bucket_bytes)
+
+    def digest(self) -> str:
+        h = hashlib.blake2b()
+        for t in self.module.state_dict().values():
+            h.update(t.numpy().data)
+        return h.hexdigest()
+
+
+def measure(ray, nbytes: int, args) -> tuple[int, dict[str, list[float]]]:
+    """(payload bytes, seconds per repeat of each transport and of the memcpy)."""
+    actor = ray.remote(num_cpus=0.25)(Member)
+    layout = shapes(nbytes, args.tensors)
+    sender = actor.remote(layout, random=True)
+    # receivers of each kind of their own: a collective writes in place, adopted weights are read-only
+    copying, adopting, broadcast = ([actor.remote(layout, random=False) for _ in range(RECEIVERS)] for _ in range(3))
+    group, bucket = f"bench-weights-{uuid.uuid4().hex[:8]}", int(args.bucket_mb * 2**20)
+    ray.get([m.join.remote(1 + RECEIVERS, r, group) for r, m in enumerate([sender, *broadcast])])
+
+    def object_store(receivers, adopt: bool):
+        def publish():
+            ref = sender.publish.remote()
+            ray.wait([ref], fetch_local=False)  # as the driver: the workers load once rank 0 has put it
+            ray.get([r.load.remote(0, ref, adopt) for r in receivers])
+        return publish
+
+    def collective():
+        ray.get([sender.send.remote(0, group, bucket), *[r.receive.remote(0, group, bucket) for r in broadcast]])
+
+    src = torch.rand(sum(torch.Size(s).numel() for s in layout))
+    dst = torch.zeros_like(src)
+    times = interleave({"object store, adopt": object_store(adopting, True), "object store, copy": object_store(copying, False),
+                        "collective": collective, "memcpy": lambda: dst.copy_(src)}, args.repeats)
+    members = [sender, *copying, *adopting, *broadcast]
+    digests = ray.get([m.digest.remote() for m in members])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"a receiver's weights differ from the sender's: {digests}")
+    for m in members:
+        ray.kill(m)
+    return src.numel() * src.element_size(), times
+
+
+def rows(nbytes: int, times: dict[str, list[float]], bucket_mb: float) -> list[list]:
+    copy = median(times["memcpy"])
+    labels = {"object store, adopt": "object store (put once, CPU workers adopt it)",
+              "object store, copy": "object store (put once, each copies: GPU workers)",
+              "collective": f"collective, gloo group ({bucket_mb:g} MiB buckets)", "memcpy": "local memcpy"}
+    out = []
+    for name, label in labels.items():
         t = median(times[name])
-        rows.append([label, t, f"{nbytes / t / 2**20:,.1f}"])
-    return rows
+        out.append([f"{nbytes / 2**20:,.1f} MiB", label, t, f"{nbytes / t / 2**20:,.0f}", f"{100 * copy / t:.0f}%"])
+    return out
 
 
 def main(argv=None) -> None:
-    p = base_parser(__doc__.splitlines()[0], batch=0, repeats=5)
-    p.add_argument("--hidden", type=int, default=512, help="hidden size of the larger random model (0: skip it)")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--bucket-mb", type=float, default=32.0)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sizes-mb", type=float, nargs="+", default=[3, 100, 1024], help="payloads (MiB)")
+    p.add_argument("--tensors", type=int, default=8, help="weight matrices (each with a bias) per payload")
+    p.add_argument("--repeats", type=int, default=7, help="timed publishes per transport (median), after one warm-up")
+    p.add_argument("--bucket-mb", type=float, default=32.0, help="bucket size of the collective broadcast (cluster.weight_bucket_mb)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of this process (its memcpy)")
+    p.add_argument("--quick", action="store_true", help="smoke test: one 1 MiB payload, 1 repeat")
     args = p.parse_args(argv)
-    policy = setup(args)
-    models = [("measured policy", policy)]
-    if args.hidden and not args.tiny:
-        big = ShowoPolicy(ShowoConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=8, intermediate_size=4 * args.hidden))
-        models.append((f"random, hidden {args.hidden}, {args.layers} layers", big))
+    if args.quick:
+        args.sizes_mb, args.repeats = [1.0], 1
+    torch.set_num_threads(args.threads)
     ray = start_ray()
-    for label, model in models:
-        nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        rows = measure(ray, saved(model), nbytes, args.repeats, args.bucket_mb)
-        table(["transport", "seconds", "MB/s"], rows,
-              title=f"{label}: {model.num_parameters / 1e6:.1f} M params, {nbytes / 2**20:.1f} MB fp32, to 2 rollout workers")
-        obj, col, cpy = (r[1] for r in rows)
-        print(f"\nslowdown vs memcpy: object store {obj / cpy:,.0f}x, collective {col / cpy:,.0f}x")
-    ray.shutdown()
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    if store < 2 * max(args.sizes_mb) * 2**20:
+        print(f"note: the object store ({store / 2**30:.1f} GiB) cannot hold two payloads; Ray will spill and slow down")
+    try:
+        results = [rows(*measure(ray, int(mb * 2**20), args), args.bucket_mb) for mb in args.sizes_mb]
+    finally:
+        ray.shutdown()
+    table(["payload", "transport", "seconds", "MiB/s", "% of memcpy"], [r for rs in results for r in rs],
+          title=f"weight sync to {RECEIVERS} receivers, median of {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ (bench_*.py), each in its own subprocess, in name order.
 
-`make bench` calls this. Helper modules named bench_*_common.py are not benchmarks and are
-skipped. Arguments after `--` go to every bench (e.g. `-- --threads 2`); `--only core`
+`make bench` calls this. common.py (shared helpers) and reference.py (the public code's loops,
+the baselines) are not benchmarks. Arguments after `--` go to every bench (e.g. `-- --threads 2`); `--only core`
 runs the files whose name contains "core". Exits non-zero if any bench failed.
 
     python bench/run_all.py
@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def benches(only: str | None = None) -> list[Path]:
-    files = sorted(p for p in HERE.glob("bench_*.py") if not p.stem.endswith("_common"))
+    files = sorted(HERE.glob("bench_*.py"))  # common.py and reference.py are helpers, study_*.py quality studies
     return [p for p in files if only is None or only in p.stem]
 
 

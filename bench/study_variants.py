@@ -4,7 +4,7 @@ runs from the same recipe, several seeds each, as mean +- std (and the base it s
     python bench/study_variants.py --recipe configs/shapes_local.yaml --seeds 0 1 2 \\
         --variants candidate1 candidate2 ar --ratios sequence token --jobs 2 --out runs/study_variants
 
-Every run is `maskrl train-local --config RECIPE seed=S rollout.variant=V grpo.ratio=R out=...`
+Every run is `maskrl train-local --config RECIPE seed=S sampling.variant=V grpo.ratio=R out=...`
 (one thread each; `--jobs` runs that many at once). A run whose summary.json exists is not redone,
 so the study resumes where it stopped.
 """
@@ -25,7 +25,7 @@ def run_one(recipe: str, out: Path, seed: int, variant: str, ratio: str, extra: 
     summary = run / "summary.json"
     if not summary.is_file():
         cmd = [sys.executable, "-m", "maskrl.cli", "train-local", "--config", recipe, f"seed={seed}",
-               f"rollout.variant={variant}", f"grpo.ratio={ratio}", f"out={run}", "threads=1", *extra]
+               f"sampling.variant={variant}", f"grpo.ratio={ratio}", f"out={run}", "threads=1", *extra]
         run.parent.mkdir(parents=True, exist_ok=True)
         with open(run.with_suffix(".log"), "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)

@@ -1,13 +1,18 @@
-"""The `maskrl` command line: pretrain, generate, eval, train-local, and train (on Ray)."""
+"""The `maskrl` command line: pretrain, generate, eval, train-local, and the commands other layers
+register (`train`, on Ray, from the actors package)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from maskrl.config import ConfigError, load_config
 from maskrl.sampling import NOISE_SCHEDULES
+
+
+COMMANDS = "maskrl.commands"  # entry points: add_command(subparsers) of the layers built on maskrl
 
 
 def _pretrain(args) -> None:
@@ -65,7 +70,7 @@ def _eval(args) -> None:
     print(json.dumps(evaluate(policy, prompts, args.samples, _sampling(args), args.seed, progress=True), indent=2))
 
 
-def _held_out_line(name: str, metrics: dict) -> str:
+def held_out_line(name: str, metrics: dict) -> str:
     """`name held-out ShapesEval: 0.412 (95% CI 0.371-0.452, 480 images)` from eval/ metrics."""
     if "eval/overall" not in metrics:
         return f"{name} held-out ShapesEval: not evaluated"
@@ -74,36 +79,15 @@ def _held_out_line(name: str, metrics: dict) -> str:
 
 
 def _train_local(args) -> None:
-    from maskrl.train_config import TrainConfig
+    from maskrl.train_config import load_train_config
     from maskrl.train_local import train_local
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = load_train_config(args.config, args.overrides)
     final = train_local(cfg)
     summary = json.loads((final.parents[1] / "summary.json").read_text())
-    print(_held_out_line("base", summary["base"]))
-    print(_held_out_line("trained", summary["final"]))
+    print(held_out_line("base", summary["base"]))
+    print(held_out_line("trained", summary["final"]))
     print(f"checkpoint: {final}")
-
-
-def _train(args) -> None:
-    from maskrl.train_config import TrainConfig
-
-    if args.resume:
-        if args.config:
-            raise ValueError("pass --config to start a run or --resume RUN_DIR to continue one, not both")
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"run directory {args.resume!r} has no config.yaml; pass the directory of a `maskrl train` run")
-        cfg = load_config(TrainConfig, saved, [*args.overrides, f"out={args.resume}"])
-    else:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    from actors.driver import train  # Ray is imported only by this command
-
-    result = train(cfg, resume=bool(args.resume))
-    print(_held_out_line("base", result.base))
-    print(_held_out_line("trained", result.final))
-    print(f"grids: {result.grids}")
-    print(f"checkpoint: {result.checkpoint}")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -130,11 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML recipe")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)
-    p = sub.add_parser("train", help="Mask-GRPO on Ray: rollout, reward and DeepSpeed learner pools")
-    p.add_argument("--config", help="YAML recipe, e.g. configs/shapes_cpu.yaml")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.set_defaults(func=_train)
+    for command in entry_points(group=COMMANDS):  # `train` (on Ray) comes from the actors package
+        command.load()(sub)
     p = sub.add_parser("generate", help="write {i:05d}_{k}.png for every prompt line i and sample k")
     _add_sampling_args(p)
     p.add_argument("--out", required=True, help="output folder")

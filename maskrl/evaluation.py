@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from maskrl.models import PaletteTokenizer, ShowoPolicy, load_policy
 from maskrl.sampling import SamplingConfig, sample
+from maskrl.seeds import chunk_seed
 from maskrl.world import CATEGORIES, Prompt, PromptSampler, pass_list, pass_rates
 from maskrl.world.intervals import shapes_eval_intervals
 
@@ -41,11 +42,6 @@ def held_out_prompts(n: int, seed: int) -> list[Prompt]:
 
 
 CHUNK = 32  # prompts per independently seeded chunk: any split of the chunks over workers draws the same images
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The generator seed of prompt chunk `chunk` (prompts chunk*CHUNK ..) of a run seeded `seed`."""
-    return seed * 1_000_003 + chunk
 
 
 def generate(
@@ -99,3 +95,9 @@ def flat_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:
     for name, (low, high) in {"overall": result["overall_ci95"], **result["ci95"]}.items():
         out[f"{prefix}{name}_ci95_low"], out[f"{prefix}{name}_ci95_high"] = low, high
     return out | {f"{prefix}images": float(result["images"])}
+
+
+def eval_metrics(policy: ShowoPolicy, e) -> dict[str, float]:
+    """Held-out ShapesEval of `policy` under an `EvalConfig` `e`, as flat metrics."""
+    prompts = held_out_prompts(e.prompts, e.seed)
+    return flat_metrics(evaluate(policy, prompts, e.samples, e.sampling, seed=e.seed))

@@ -52,6 +52,15 @@ def score(batch: TrajectoryBatch, reward: Reward) -> tuple[TrajectoryBatch, dict
     return replace(batch, reward=torch.as_tensor(out.scores, dtype=torch.float32)), comps
 
 
+def check_groups(batch: TrajectoryBatch, planned: list[int], group_size: int) -> None:
+    """Exactly the planned groups, each with exactly `group_size` trajectories: none lost, none duplicated."""
+    ids, counts = torch.unique(batch.group_id, return_counts=True)
+    if ids.tolist() != sorted(planned) or not bool((counts == group_size).all()):
+        bad = {int(i): int(c) for i, c in zip(ids, counts) if c != group_size}
+        lost = sorted(set(planned) - set(ids.tolist()))
+        raise RuntimeError(f"batch does not match the plan: lost groups {lost[:5]}, wrong sizes {dict(list(bad.items())[:5])}")
+
+
 @dataclass
 class Prepared:
     batch: TrajectoryBatch  # finite rewards, kept groups, advantages set

@@ -8,7 +8,6 @@ the optimiser/step/RNG state loaded with `weights_only=True`.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -14,14 +14,20 @@ loop: a step's (B, N, K) log-probs are dropped as soon as its terms are known. T
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import StrEnum
 
 import torch
 
 from maskrl.models import ShowoPolicy
 from maskrl.schedule import masked_counts
-from maskrl.transition import check_variant, needs_step_tokens, transition_terms
+from maskrl.transition import Variant, check_variant, needs_step_tokens, transition_terms
 
-NOISE_SCHEDULES = ("linear", "compound")
+class NoiseSchedule(StrEnum):
+    linear = "linear"  # sigma_0 * (1 - (t+1)/T)
+    compound = "compound"  # Show-o's: sigma_0 * prod_{s<=t} (1 - (s+1)/T)
+
+
+NOISE_SCHEDULES = tuple(NoiseSchedule)
 
 
 @dataclass
@@ -30,9 +36,8 @@ class SamplingConfig:
     cfg_scale: float = 0.0  # Show-o's guidance: (1 + s) * cond - s * uncond
     temperature: float = 1.0  # softmax temperature of the token distribution
     noise_scale: float = 3.0  # Gumbel noise on log-confidence at step 0, annealed to 0
-    # linear: sigma_0 * (1 - (t+1)/T); compound (Show-o): sigma_0 * prod_{s<=t} (1 - (s+1)/T)
-    noise_schedule: str = "linear"
-    variant: str = "candidate1"  # transition log-prob recorded as behaviour log-prob
+    noise_schedule: NoiseSchedule = NoiseSchedule.linear
+    variant: Variant = Variant.candidate1  # transition log-prob recorded as behaviour log-prob
     micro_batch: int = 16  # images per forward; on CPU larger batches are no faster per image
 
 
@@ -51,7 +56,7 @@ def check_sampling(cfg: SamplingConfig) -> None:
     """Refuse values the sampler cannot use, naming the field."""
     check_variant(cfg.variant)
     if cfg.noise_schedule not in NOISE_SCHEDULES:
-        raise ValueError(f"unknown noise_schedule {cfg.noise_schedule!r}; expected one of {NOISE_SCHEDULES}")
+        raise ValueError(f"unknown noise_schedule {cfg.noise_schedule!r}; expected one of {[str(n) for n in NOISE_SCHEDULES]}")
 
 
 def noise_at(step: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

@@ -11,40 +11,17 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from maskrl.config import to_yaml
-from maskrl.evaluation import evaluate, flat_metrics, generate, held_out_prompts, load_checkpoint
+from maskrl.evaluation import eval_metrics, generate, held_out_prompts, load_checkpoint
 from maskrl.grids import write_grid
 from maskrl.grpo import grpo_update
+from maskrl.grpo.optim import adamw_step, make_optimizer
 from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.metrics import MetricsLogger, summary_line
 from maskrl.models import save_policy
 from maskrl.rewards import build_reward
 from maskrl.train_config import TrainConfig, check_train_config
-
-
-def make_optimizer(policy, cfg: TrainConfig):
-    g = cfg.grpo
-    optim = torch.optim.AdamW(policy.parameters(), lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
-    sched = get_cosine_with_min_lr_schedule_with_warmup(optim, g.warmup_iters, cfg.iterations, min_lr_rate=g.min_lr_ratio)
-    return optim, sched
-
-
-def adamw_step(policy, optim, grad_clip: float):
-    def step(loss: torch.Tensor) -> float:
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
-        optim.step()
-        return float(norm)
-
-    return step
-
-
-def eval_metrics(policy, cfg: TrainConfig) -> dict[str, float]:
-    prompts = held_out_prompts(cfg.eval.prompts, cfg.eval.seed)
-    return flat_metrics(evaluate(policy, prompts, cfg.eval.samples, cfg.eval.sampling, seed=cfg.eval.seed))
 
 
 def train_local(cfg: TrainConfig) -> Path:
@@ -57,7 +34,7 @@ def train_local(cfg: TrainConfig) -> Path:
     reference = load_checkpoint(cfg.checkpoint) if (cfg.grpo.kl_coef or cfg.track_kl) else None
     if reference is not None:
         reference.requires_grad_(False)
-    optim, sched = make_optimizer(policy, cfg)
+    optim, sched = make_optimizer(policy, cfg.grpo, cfg.iterations)
     reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights)
     gen = torch.Generator().manual_seed(cfg.seed)
     log = MetricsLogger(run)
@@ -67,24 +44,24 @@ def train_local(cfg: TrainConfig) -> Path:
         images = generate(policy, grid_prompts, 4, cfg.eval.sampling, cfg.eval.seed)
         log.image(it, "samples", write_grid(grid_prompts, images, run / "grids" / f"iter_{it:05d}.png"))
 
-    base = eval_metrics(policy, cfg) if cfg.eval.before else {}
+    base = eval_metrics(policy, cfg.eval) if cfg.eval.before else {}
     log.log(0, base)
     grid(0)
     for it in tqdm(range(1, cfg.iterations + 1), desc="mask-grpo", dynamic_ncols=True):
         start = time.time()
         policy.eval()
-        batch = rollout_groups(policy, stream.take(cfg.grpo.prompts_per_iter), cfg.grpo.group_size, cfg.rollout, gen, it - 1)
+        batch = rollout_groups(policy, stream.take(cfg.grpo.prompts_per_iter), cfg.grpo.group_size, cfg.sampling, gen, it - 1)
         batch, reward_parts = score(batch, reward)
         prepared = prepare(batch, cfg.grpo)
         metrics = {**prepared.metrics, **reward_parts}
         if len(prepared.batch):
             step = adamw_step(policy, optim, cfg.grpo.grad_clip)
-            update = grpo_update(policy, reference, prepared.batch, cfg.grpo, cfg.rollout, step, gen)
+            update = grpo_update(policy, reference, prepared.batch, cfg.grpo, cfg.sampling, step, gen)
             metrics.update({f"loss/{k}": v for k, v in update.items()})
         sched.step()
         metrics["time/iteration"] = time.time() - start
         if it == cfg.iterations or (cfg.eval.every and it % cfg.eval.every == 0):
-            metrics.update(eval_metrics(policy, cfg))
+            metrics.update(eval_metrics(policy, cfg.eval))
         log.log(it, metrics)
         if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
             grid(it)

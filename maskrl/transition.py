@@ -36,9 +36,19 @@ Variants (DESIGN.md):
 """
 from __future__ import annotations
 
+from enum import StrEnum
+
 import torch
 
-VARIANTS = ("candidate1", "candidate1_fixed_cutoff", "candidate2", "ar")
+class Variant(StrEnum):
+    """The transition log-probability a trajectory records and the learner scores."""
+    candidate1 = "candidate1"
+    candidate1_fixed_cutoff = "candidate1_fixed_cutoff"
+    candidate2 = "candidate2"
+    ar = "ar"
+
+
+VARIANTS = tuple(Variant)
 # floor of a re-masked position's log-probability: keeps ratios finite if it underflows.
 LOG_MASS_FLOOR = -30.0
 _BIG, _MAX_EXP = 1e4, 30.0
@@ -51,7 +61,7 @@ def needs_step_tokens(variant: str) -> bool:
 
 def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"unknown transition variant {variant!r}; expected one of {VARIANTS}")
+        raise ValueError(f"unknown transition variant {variant!r}; expected one of {[str(v) for v in VARIANTS]}")
 
 
 def state_before(tokens: torch.Tensor, reveal_step: torch.Tensor, step: torch.Tensor, mask_code: int) -> torch.Tensor:

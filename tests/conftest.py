@@ -7,11 +7,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import pytest
 import torch
 
-from maskrl.models import ShowoConfig, ShowoPolicy
+from maskrl.models import ShowoPolicy
+from tests.helpers import TINY, local_ray, tiny_checkpoint
 
 torch.set_num_threads(2)
-
-TINY = ShowoConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 
 @pytest.fixture
@@ -20,3 +19,16 @@ def tiny_policy() -> ShowoPolicy:
     policy = ShowoPolicy(TINY)
     policy.eval()
     return policy
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance for one test module."""
+    with local_ray() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A tiny random policy as a checkpoint directory, for one test module."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))

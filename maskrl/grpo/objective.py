@@ -18,6 +18,7 @@ hundreds of positions explodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
@@ -26,7 +27,14 @@ from maskrl.sampling import SamplingConfig, noise_at, step_logprobs, text_inputs
 from maskrl.trajectory import TrajectoryBatch
 from maskrl.transition import transition_terms, unit_mask
 
-RATIOS = ("sequence", "token", "gspo")
+class Ratio(StrEnum):
+    """How the importance ratio is formed from a transition's units (module docstring)."""
+    sequence = "sequence"
+    token = "token"
+    gspo = "gspo"
+
+
+RATIOS = tuple(Ratio)
 
 
 @dataclass
@@ -43,7 +51,7 @@ class GRPOConfig:
     min_lr_ratio: float = 0.1
     clip_low: float = 0.2
     clip_high: float = 0.28  # the paper widens the upper bound
-    ratio: str = "sequence"  # sequence | token | gspo (see the module docstring)
+    ratio: Ratio = Ratio.sequence
     dual_clip: float = 0.0  # c > 1: a negative advantage's loss is at most -c * A; 0 disables
     kl_coef: float = 0.0  # per-unit k3 KL to the frozen reference (base) policy; 0 disables it
     std_normalize: bool = True
@@ -55,7 +63,7 @@ class GRPOConfig:
 def check_grpo(cfg: GRPOConfig) -> None:
     """Refuse values the objective cannot use, naming the key."""
     if cfg.ratio not in RATIOS:
-        raise ValueError(f"grpo.ratio={cfg.ratio!r} is not one of {RATIOS}")
+        raise ValueError(f"grpo.ratio={cfg.ratio!r} is not one of {[str(r) for r in RATIOS]}")
     if cfg.dual_clip and cfg.dual_clip <= 1:
         raise ValueError(f"grpo.dual_clip={cfg.dual_clip} must be > 1 (or 0 to disable)")
 

@@ -18,8 +18,8 @@ from actors.metrics import gauge_name
 from actors.pools import PoolSpec, check_capacity, pool_layout
 from maskrl.config import load_config
 from maskrl.train_config import TrainConfig
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 RECIPE = REPO / "configs" / "showo_paper.yaml"
 # Ray's Prometheus exporter prefixes application metrics (ray.util.metrics) with this.
@@ -46,7 +46,7 @@ def test_recipe_has_the_paper_hyperparameters(recipe):
     assert g.kl_coef == 0
     assert recipe.track_kl is False
     assert recipe.eval.sampling.steps == 50
-    assert recipe.rollout.variant == "candidate2"
+    assert recipe.sampling.variant == "candidate2"
     c = recipe.cluster
     assert (c.mode, c.weight_transport, c.learner.backend, c.learner.zero_stage) == ("async", "collective", "nccl", 3)
     assert recipe.checkpoint == "/models/showo-maskrl"
@@ -57,7 +57,7 @@ def test_recipe_pools_are_pinned_to_their_node_types(recipe):
     c = recipe.cluster
     for name, pool in (("rollout", c.rollout), ("reward", c.reward), ("learner", c.learner)):
         assert dict(pool.resources) == {CUSTOM[name]: 1}, name
-    assert c.rollout.gpus_per_worker == 1 and c.reward.gpus_per_worker == 1 and c.learner.gpus_per_rank == 1
+    assert c.rollout.gpus_per_worker == 1 and c.reward.gpus_per_worker == 1 and c.learner.gpus_per_worker == 1
 
 
 def test_recipe_validation_fails_only_on_the_missing_checkpoint(recipe, tmp_path):
@@ -213,7 +213,7 @@ def test_custom_resources_fit_their_declarations(recipe):
     # bundle count x ask <= declared per node x nodes, for each pool's custom resource
     c = recipe.cluster
     asks = {"rollout": (c.rollout.workers, c.rollout.resources), "reward": (c.reward.workers, c.reward.resources),
-            "learner": (c.learner.ranks, c.learner.resources)}
+            "learner": (c.learner.workers, c.learner.resources)}
     for nodes in (_launcher_nodes("max_workers"), _rayjob_nodes("maxReplicas")):
         for pool, (count, resources) in asks.items():
             for name, ask in resources.items():

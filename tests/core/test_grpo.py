@@ -1,5 +1,4 @@
 """Mask-GRPO objective pieces: advantages, filtering, ratio aggregations, dual clip, per-unit KL."""
-import itertools
 import math
 
 import pytest
@@ -8,12 +7,11 @@ import torch
 from maskrl.grpo import (
     GRPOConfig, clipped_surrogate, filter_groups, group_advantages, grpo_update, k3_kl, log_ratios, score_pairs,
 )
-from maskrl.iteration import PromptStream, prepare, rollout_groups, score
+from maskrl.iteration import PromptStream, prepare, rollout_groups
 from maskrl.models import ShowoPolicy
-from maskrl.rewards import build_reward
 from maskrl.sampling import SamplingConfig
 from maskrl.transition import LOG_MASS_FLOOR
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def test_rollout_cutoff_is_a_real_threshold_and_candidates_differ(tiny_policy):

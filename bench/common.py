@@ -1,4 +1,5 @@
-"""Shared helpers of the core benchmarks (bench_core_*.py); not a benchmark itself.
+"""What every benchmark shares (not a benchmark itself): the parser, the measured policy,
+same-process interleaved timing, tables, and for the Ray benches a local Ray instance.
 
 Every core bench measures a ratio against a baseline run in the same process, with the
 measurements interleaved and summarised by their median: this machine's cores are shared
@@ -10,15 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch
 
-from maskrl.models import ShowoConfig, ShowoPolicy
+from maskrl.models import ShowoConfig, ShowoPolicy, save_policy
 from maskrl.train_config import TrainConfig
 
 # The model of tests/conftest.py: for smoke tests of the benches themselves.
@@ -27,7 +31,7 @@ TINY = ShowoConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=
 
 def base_parser(description: str, batch: int, repeats: int) -> argparse.ArgumentParser:
     """Arguments every core bench takes; defaults of the sampler are the trainer's rollout defaults."""
-    rollout = TrainConfig().rollout
+    rollout = TrainConfig().sampling
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batch", type=int, default=batch, help="images / trajectories per batched call")
     p.add_argument("--steps", type=int, default=rollout.steps, help="unmasking steps (the trainer's rollout default)")
@@ -46,7 +50,7 @@ def base_parser(description: str, batch: int, repeats: int) -> argparse.Argument
 def sampling_config(args):
     from maskrl.sampling import SamplingConfig
 
-    rollout = TrainConfig().rollout
+    rollout = TrainConfig().sampling
     return SamplingConfig(steps=args.steps, cfg_scale=args.cfg, temperature=rollout.temperature,
                           noise_scale=rollout.noise_scale, variant=args.variant)
 
@@ -126,3 +130,23 @@ def rate_table(times: dict[str, list[float]], work: dict[str, int], unit: str, b
         title=title,
     )
     return rate
+
+
+# -- the Ray benches ------------------------------------------------------------------------------
+def start_ray(num_cpus: int | None = None):
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    print(f"ray {ray.__version__}: local instance, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
+    return ray
+
+
+def saved(policy) -> str:
+    """The measured policy as a checkpoint directory the actors can load."""
+    directory = Path(tempfile.mkdtemp(prefix="maskrl-bench-")) / "policy"
+    save_policy(policy, directory)
+    return str(directory)
+
+
+def mb(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.2f} MB"

@@ -1,58 +1,17 @@
 """Pool sizing, resource checks, weight buckets and the batch-vs-plan check; no Ray instance needed.
-
-Also holds the helpers the other test_ray_* modules share (tiny checkpoint, tiny run config, a
-local Ray instance per module).
 """
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
 
-from actors.learner import check_groups
 from actors.pools import COLOCATED, PoolError, PoolSpec, check_capacity, pool_layout, rendezvous_hosts
 from actors.weights import bucket_layout
-from maskrl.grpo import GRPOConfig
-from maskrl.iteration import PromptStream, rollout_groups
-from maskrl.models import ShowoPolicy, save_policy
+from maskrl.config import ConfigError, check_choices
+from maskrl.iteration import PromptStream, check_groups, rollout_groups
 from maskrl.sampling import SamplingConfig
-from maskrl.train_config import ClusterConfig, EvalConfig, LearnerConfig, PoolConfig, TrainConfig
-from tests.conftest import TINY
-
-
-# -- shared helpers --------------------------------------------------------------------------------
-def tiny_checkpoint(directory) -> str:
-    torch.manual_seed(0)
-    save_policy(ShowoPolicy(TINY), directory)
-    return str(directory)
-
-
-def tiny_config(checkpoint: str, out, **cluster) -> TrainConfig:
-    """2 rollout workers, 1 reward worker, 2 learner ranks, all tiny: a run of a few seconds an iteration."""
-    return TrainConfig(
-        checkpoint=checkpoint, out=str(out), iterations=3, seed=0, track_kl=False, checkpoint_every=1, grid_every=0,
-        grpo=GRPOConfig(group_size=4, prompts_per_iter=4, steps_per_traj=2, epochs=1, minibatch_pairs=16, lr=1e-3, warmup_iters=0),
-        rollout=SamplingConfig(steps=4),
-        eval=EvalConfig(every=0, prompts=40, samples=1, sampling=SamplingConfig(steps=4)),  # 2 chunks
-        cluster=ClusterConfig(
-            rollout=PoolConfig(workers=2, cpus_per_worker=0.25),
-            reward=PoolConfig(workers=1, cpus_per_worker=0.25),
-            learner=LearnerConfig(ranks=2, cpus_per_rank=0.25, zero_stage=2),
-            **cluster,
-        ),
-    )
-
-
-@contextlib.contextmanager
-def local_ray(num_cpus: int = 2):
-    import ray
-
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+from maskrl.train_config import ClusterConfig, LearnerConfig, PoolConfig
 
 
 def pool_specs(cluster: ClusterConfig) -> list[PoolSpec]:
@@ -64,17 +23,17 @@ def test_pool_specs_follow_the_config():
     specs = {s.name: s for s in pool_specs(ClusterConfig())}
     assert specs["rollout"] == PoolSpec("rollout", 2, 1.0, 0.0)
     assert specs["learner"].count == 2 and specs["learner"].bundle == {"CPU": 1.0}
-    gpu = ClusterConfig(learner=LearnerConfig(ranks=4, gpus_per_rank=1, cpus_per_rank=4))
+    gpu = ClusterConfig(learner=LearnerConfig(workers=4, gpus_per_worker=1, cpus_per_worker=4))
     assert {s.name: s for s in pool_specs(gpu)}["learner"].bundle == {"CPU": 4.0, "GPU": 1.0}
     with pytest.raises(PoolError, match="'reward'"):
         pool_specs(ClusterConfig(reward=PoolConfig(workers=0)))
     with pytest.raises(PoolError, match="'learner'.*one DeepSpeed rank per GPU"):
-        pool_specs(ClusterConfig(learner=LearnerConfig(gpus_per_rank=0.5)))
+        pool_specs(ClusterConfig(learner=LearnerConfig(gpus_per_worker=0.5)))
 
 
 def test_custom_resources_strategies_and_colocation():
     cluster = ClusterConfig(rollout=PoolConfig(workers=2, gpus_per_worker=1, resources={"maskrl_rollout_node": 1}, strategy="SPREAD"),
-                            learner=LearnerConfig(ranks=2, gpus_per_rank=1, cpus_per_rank=4, strategy="STRICT_PACK"))
+                            learner=LearnerConfig(workers=2, gpus_per_worker=1, cpus_per_worker=4, strategy="STRICT_PACK"))
     specs = {s.name: s for s in pool_specs(cluster)}
     assert specs["rollout"].bundle == {"CPU": 1.0, "GPU": 1.0, "maskrl_rollout_node": 1} and specs["rollout"].strategy == "SPREAD"
     cluster.colocate = True
@@ -84,14 +43,14 @@ def test_custom_resources_strategies_and_colocation():
     assert (shares["learner"].pool, shares["learner"].cpus, shares["learner"].gpus) == (COLOCATED, 4.0, 0.5)
     assert (shares["rollout"].pool, shares["rollout"].cpus, shares["rollout"].gpus) == (COLOCATED, 1.0, 0.5)
     cluster.rollout.workers = 3
-    with pytest.raises(PoolError, match=r"rollout.workers \(3\) must equal cluster.learner.ranks \(2\)"):
+    with pytest.raises(PoolError, match=r"rollout.workers \(3\) must equal cluster.learner.workers \(2\)"):
         pool_layout(cluster)
-    with pytest.raises(PoolError, match="pool 'reward': strategy 'NEAR'"):
-        pool_layout(ClusterConfig(reward=PoolConfig(strategy="NEAR")))
+    with pytest.raises(ConfigError, match=r"'cluster.reward.strategy': 'NEAR' is not one of \['PACK'"):
+        check_choices(ClusterConfig(reward=PoolConfig(strategy="NEAR")), "cluster.")
 
 
 def test_impossible_pool_is_named():
-    specs = pool_specs(ClusterConfig(learner=LearnerConfig(ranks=2, gpus_per_rank=1)))
+    specs = pool_specs(ClusterConfig(learner=LearnerConfig(workers=2, gpus_per_worker=1)))
     cpu_only = {"CPU": 8.0}
     with pytest.raises(PoolError, match=r"pool 'learner' needs 2 x 1 GPU = 2 GPU, but the Ray cluster has 0 GPU"):
         check_capacity(specs, cpu_only, cpu_only)

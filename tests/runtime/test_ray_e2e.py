@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ import torch
 from maskrl.evaluation import resolve_checkpoint
 from maskrl.metrics import read_metrics
 from maskrl.models import load_policy
+from tests.helpers import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

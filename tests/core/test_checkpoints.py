@@ -12,7 +12,7 @@ import torch
 from actors.runstate import DriverState, EventLog, read_events
 from maskrl.checkpoints import MANIFEST, CheckpointError, checkpoint_number, newest_first, verify, write_atomically
 from maskrl.models import ShowoPolicy, load_policy, save_policy
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def save_run_checkpoint(run, iteration: int) -> None:

@@ -6,7 +6,7 @@ from maskrl.config import ConfigError, load_config
 from maskrl.models import PaletteTokenizer, ShowoConfig, ShowoPolicy, build_text_tokenizer, load_policy, save_policy
 from maskrl.pretrain import PretrainConfig
 from maskrl.world import VOCABULARY, PromptSampler, render_batch
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def test_text_tokenizer_is_word_level_over_the_grammar(tmp_path):

@@ -5,13 +5,14 @@ run is deterministic, so a run that survived a fault must equal the undisturbed 
 the same iterations once each, the same rewards, the same final weights."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import ray
 from safetensors.torch import load_file
 
-from actors.chaos import FaultInjector
+from tests.faults import FaultInjector
 from actors.driver import DriverState, train
 from actors.pools import PoolError
 from actors.runstate import read_events
@@ -19,39 +20,12 @@ from maskrl.cli import main
 from maskrl.config import ConfigError
 from maskrl.evaluation import chunks_of, evaluate, flat_metrics, held_out_prompts, load_checkpoint
 from maskrl.metrics import read_metrics
-from tests.test_ray_pools import local_ray, tiny_checkpoint, tiny_config
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    with local_ray() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-def iterations(run) -> list[dict]:
-    return [m for m in read_metrics(run) if m["iteration"] > 0]
+from tests.helpers import FIXTURES, assert_nothing_lost, iterations, tiny_config
 
 
 @pytest.fixture(scope="module")
 def undisturbed(ray_instance, ckpt, tmp_path_factory):
     return train(tiny_config(ckpt, tmp_path_factory.mktemp("undisturbed") / "run"))
-
-
-def assert_nothing_lost(result, undisturbed) -> list[dict]:
-    """Every planned iteration exactly once, with the undisturbed run's data, rewards and weights."""
-    ms, base = iterations(result.run), iterations(undisturbed.run)
-    assert [m["iteration"] for m in ms] == [1, 2, 3]  # none repeated, none skipped
-    for key in ("stream/position", "batch/groups", "batch/trajectories", "rollout/images", "reward/mean", "version/learner"):
-        assert [m[key] for m in ms] == [m[key] for m in base], key
-    a = load_file(result.checkpoint / "model.safetensors")
-    b = load_file(undisturbed.checkpoint / "model.safetensors")
-    assert all((a[k] == b[k]).all() for k in a)
-    return ms
 
 
 def test_held_out_eval_spread_over_the_workers_equals_the_single_process_one(undisturbed, ckpt, tmp_path):
@@ -203,9 +177,23 @@ def test_bad_input_fails_fast_naming_it(ray_instance, ckpt, tmp_path, capsys):
     assert (inside / "model.safetensors").is_file()
     groups_before = len(ray.util.placement_group_table())
     impossible = tiny_config(ckpt, tmp_path / "run")
-    impossible.cluster.learner.gpus_per_rank = 1
+    impossible.cluster.learner.gpus_per_worker = 1
     with pytest.raises(PoolError, match="pool 'learner' needs 2 x 1 GPU"):
         train(impossible)
     assert len(ray.util.placement_group_table()) == groups_before  # nothing was placed or started
-    assert main(["train", "--config", str(cfg_file), "cluster.learner.gpus_per_rank=1"]) == 2
+    assert main(["train", "--config", str(cfg_file), "cluster.learner.gpus_per_worker=1"]) == 2
     assert "pool 'learner'" in capsys.readouterr().err
+
+
+def test_seeded_sync_run_reproduces_the_run_recorded_before_the_actors_split(ray_instance, tmp_path):
+    """The shipped base, make run's pools, 3 iterations: the same per-iteration rewards and final
+    weights as the fixture recorded with the driver before it was split by role."""
+    recorded = json.loads((FIXTURES / "seeded_sync_run.json").read_text())
+    result = train(tiny_config("base", tmp_path / "run"))
+    rows = iterations(result.run)
+    assert [m["reward/mean"] for m in rows] == pytest.approx(recorded["reward/mean"], abs=1e-6)
+    assert [m["stream/position"] for m in rows] == recorded["stream/position"]
+    weights = load_file(result.checkpoint / "model.safetensors")
+    assert sorted(weights) == sorted(recorded["weights_sq_sum"])
+    for name, value in recorded["weights_sq_sum"].items():
+        assert float(weights[name].double().pow(2).sum()) == pytest.approx(value, rel=1e-6), name

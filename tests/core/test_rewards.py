@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -24,9 +23,10 @@ from maskrl.rewards import (
 )
 from maskrl.rewards.pixels import preprocess
 from maskrl.trajectory import TrajectoryBatch
-from maskrl.world import CATEGORIES, PromptSampler, enumerate_prompts, parse_prompt, render_batch
+from maskrl.world import CATEGORIES, PromptSampler, parse_prompt, render_batch
+from tests.helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "rewards"
+CONFIGS = REPO / "configs" / "rewards"
 
 
 @pytest.fixture(autouse=True)

@@ -32,9 +32,8 @@ import pytest
 from actors.metrics import gauge_name
 from maskrl.config import to_yaml
 from maskrl.metrics import read_metrics
-from tests.test_ray_pools import tiny_checkpoint, tiny_config
+from tests.helpers import REPO as ROOT, tiny_checkpoint, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))  # the venv's `ray` CLI, next to its python
 JOB_TIMEOUT_S = 360
 

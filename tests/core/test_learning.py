@@ -11,7 +11,7 @@ from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.models import PaletteTokenizer, ShowoPolicy
 from maskrl.rewards.base import RewardOutput, register_reward
 from maskrl.sampling import SamplingConfig, sample
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 RED = 1
 

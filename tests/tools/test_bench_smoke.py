@@ -2,15 +2,17 @@
 
 All four run in one subprocess, one after the other, through their `main(argv)`: the cost
 of a tiny bench is dominated by importing torch/transformers, so that is paid once. A
-failing bench is reported by name with the output so far.
+failing bench is reported by name with the output so far. The weight-sync bench runs on its
+own with --quick (it starts a Ray instance).
 """
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.helpers import REPO
+
+BENCH = REPO / "bench"
 TINY = ["--tiny", "--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"]
 CASES = {
     "bench_core_rollout.py": (["--ref-images", "2"], r"speedup \(sampler@2 / reference@1\): [\d.]+x"),
@@ -40,6 +42,15 @@ def test_core_benches_run_and_print_their_ratio():
         assert re.search(pattern, sections.get(name, "")), f"{name} printed no ratio line:\n{proc.stdout}"
 
 
+def test_weights_bench_runs_quick():
+    """bench_ray_weights.py --quick: its own Ray instance, a 1 MiB payload, one publish per transport."""
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_ray_weights.py"), "--quick"], cwd=BENCH.parent,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+    assert proc.returncode == 0, f"bench_ray_weights.py --quick failed (exit {proc.returncode}):\n{proc.stdout}"
+    for transport in ("object store", "collective", "local memcpy"):
+        assert re.search(rf"1\.0 MiB +{transport}.* [\d,.]+ +[\d,]+ +\d+%", proc.stdout), f"no {transport} row:\n{proc.stdout}"
+
+
 def test_run_all_finds_every_bench_but_not_helpers():
     sys.path.insert(0, str(BENCH))
     try:
@@ -48,4 +59,4 @@ def test_run_all_finds_every_bench_but_not_helpers():
         sys.path.remove(str(BENCH))
     names = [p.name for p in run_all.benches()]
     assert set(CASES) <= set(names)
-    assert not any(n.endswith("_common.py") for n in names)
+    assert not {"common.py", "reference.py"} & set(names)

@@ -1,6 +1,6 @@
 """End to end in one process: Mask-GRPO from the shipped base model with the README's recipe runs,
 updates the policy away from the base, evaluates with intervals and writes captioned grids.
-(That its updates optimise the reward is tests/test_learning.py's job: a held-out gain needs far
+(That its updates optimise the reward is tests/core/test_learning.py's job: a held-out gain needs far
 more than this test's budget.)"""
 import json
 import math

@@ -14,28 +14,23 @@ import pytest
 import ray
 import torch
 
-from actors.learner import LearnerGroup, update_seed
+from actors.learner_group import LearnerGroup
+from maskrl.seeds import update_seed
 from actors.pools import ResourcePool, pool_layout
 from maskrl.grpo import grpo_update
 from maskrl.iteration import PromptStream, prepare, rollout_groups
 from maskrl.models import load_policy
-from maskrl.train_local import adamw_step, make_optimizer
-from tests.test_ray_pools import local_ray, tiny_checkpoint, tiny_config
+from maskrl.grpo.optim import adamw_step, make_optimizer
+from tests.helpers import tiny_checkpoint, tiny_config
 
 TOLERANCE = 2e-5
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    with local_ray() as r:
-        yield r
 
 
 def scored_batch(policy, cfg, stream_start: int, seed: int, version: int = 0):
     """A batch with random rewards (a random tiny policy scores 0 everywhere)."""
     gen = torch.Generator().manual_seed(seed)
     prompts = PromptStream(cfg.seed, position=stream_start).take(cfg.grpo.prompts_per_iter)
-    batch = rollout_groups(policy, prompts, cfg.grpo.group_size, cfg.rollout, gen, version)
+    batch = rollout_groups(policy, prompts, cfg.grpo.group_size, cfg.sampling, gen, version)
     return replace(batch, reward=torch.rand(len(batch), generator=gen)), [i for i, _ in prompts]
 
 
@@ -57,7 +52,7 @@ def test_two_ranks_match_single_process_update(ray_instance, tmp_path, stage):
 
     policy = load_policy(ckpt).eval()
     reference = load_policy(ckpt).requires_grad_(False)
-    optim, sched = make_optimizer(policy, cfg)
+    optim, sched = make_optimizer(policy, cfg.grpo, cfg.iterations)
     specs, shares = pool_layout(cfg.cluster)
     pool = ResourcePool([s for s in specs if s.name == "learner"][0], timeout_s=60)
     learner = LearnerGroup(pool, shares["learner"], cfg, ckpt, version=0, optimizer_dir=None)
@@ -72,7 +67,7 @@ def test_two_ranks_match_single_process_update(ray_instance, tmp_path, stage):
                     learner.update(iteration, [ray.put(batch.to_arrow())], groups + [99])
             prepared = prepare(batch, cfg.grpo).batch
             gen = torch.Generator().manual_seed(update_seed(cfg.seed, iteration))
-            single = grpo_update(policy, reference, prepared, cfg.grpo, cfg.rollout, adamw_step(policy, optim, cfg.grpo.grad_clip), gen)
+            single = grpo_update(policy, reference, prepared, cfg.grpo, cfg.sampling, adamw_step(policy, optim, cfg.grpo.grad_clip), gen)
             sched.step()
             metrics = learner.update(iteration, [ray.put(batch.to_arrow())], groups)
             assert metrics["version/lag_max"] == 0 and metrics["batch/groups"] == len(groups)

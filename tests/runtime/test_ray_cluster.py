@@ -13,12 +13,11 @@ from __future__ import annotations
 import pytest
 import ray
 
-from actors.chaos import FaultInjector, simulated_cluster
+from tests.faults import FaultInjector, simulated_cluster
 from actors.driver import Runtime, train
 from actors.pools import COLOCATED, PoolError, ResourcePool, check_cluster, pool_layout
 from actors.runstate import EventLog, read_events
-from tests.test_ray_driver import assert_nothing_lost
-from tests.test_ray_pools import tiny_checkpoint, tiny_config
+from tests.helpers import assert_nothing_lost, tiny_config
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -34,11 +33,6 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def placed_config(ckpt, out, **cluster):
@@ -79,7 +73,7 @@ def test_colocated_rollout_worker_shares_its_learner_ranks_node(cluster, ckpt, t
 
 def test_gpu_bundles_land_on_the_gpu_node_and_colocated_ranks_share_a_gpu(cluster, ckpt, tmp_path):
     cfg = placed_config(ckpt, tmp_path / "run", colocate=True)
-    cfg.cluster.learner.gpus_per_rank, cfg.cluster.rollout.gpus_per_worker = 1, 1
+    cfg.cluster.learner.gpus_per_worker, cfg.cluster.rollout.gpus_per_worker = 1, 1
     specs, shares = pool_layout(cfg.cluster)
     check_cluster(specs)
     assert {s.name: s.bundle.get("GPU", 0) for s in specs} == {COLOCATED: 1, "reward": 0}
@@ -91,7 +85,7 @@ def test_gpu_bundles_land_on_the_gpu_node_and_colocated_ranks_share_a_gpu(cluste
     finally:
         for p in pools:
             p.remove()
-    cfg.cluster.learner.ranks = cfg.cluster.rollout.workers = 3  # 3 GPUs: no node has them all, the cluster has 2
+    cfg.cluster.learner.workers = cfg.cluster.rollout.workers = 3  # 3 GPUs: no node has them all, the cluster has 2
     with pytest.raises(PoolError, match=r"pool 'learner\+rollout' needs 3 x 1 GPU = 3 GPU, but the Ray cluster has 2 GPU"):
         check_cluster(pool_layout(cfg.cluster)[0])
 
