@@ -147,7 +147,8 @@ def _train_from(
     start = state.iteration if state else 0
     policy_dir = state.checkpoint if state else str(resolve_checkpoint(cfg.checkpoint))
     optimizer_dir = str(Path(state.checkpoint) / "optimizer") if state else None
-    stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0)
+    stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0,
+                          pool=cfg.prompt_pool)
     # rows logged after the point we continue from belong to iterations that are about to be redone
     kept = [m for m in read_metrics(run) if m["iteration"] <= start]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))

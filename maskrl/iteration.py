@@ -17,13 +17,17 @@ from maskrl.world import Prompt, PromptSampler
 
 
 class PromptStream:
-    """Prompt i of a run is a pure function of (seed, i): resuming at a position continues exactly."""
+    """Prompt i of a run is a pure function of (seed, i): resuming at a position continues exactly.
 
-    def __init__(self, seed: int, weights: dict[str, float] | None = None, position: int = 0):
-        self.seed, self.position, self._sampler = seed, position, PromptSampler(weights)
+    `pool` > 0 cycles through the stream's first `pool` prompts instead (prompt i is prompt
+    i % pool): a run on a handful of prompts, to check that the RL can fit them at all."""
+
+    def __init__(self, seed: int, weights: dict[str, float] | None = None, position: int = 0, pool: int = 0):
+        self.seed, self.position, self.pool, self._sampler = seed, position, pool, PromptSampler(weights)
 
     def take(self, n: int) -> list[tuple[int, Prompt]]:
-        out = [(i, self._sampler.sample(np.random.default_rng([self.seed, i]))) for i in range(self.position, self.position + n)]
+        key = (lambda i: i % self.pool) if self.pool else (lambda i: i)
+        out = [(i, self._sampler.sample(np.random.default_rng([self.seed, key(i)]))) for i in range(self.position, self.position + n)]
         self.position += n
         return out
 

@@ -31,6 +31,7 @@ class TrainConfig:
     threads: int = 2  # torch threads of the single-process trainer (train-local); Ray actors use their pool's CPUs
     reward: RewardConfig = field(default_factory=RewardConfig)  # name, options, runtime_env
     category_weights: dict[str, float] | None = None
+    prompt_pool: int = 0  # > 0: train on the stream's first N prompts only (can the RL fit them?)
     track_kl: bool = True  # load the frozen reference policy to log KL even when kl_coef is 0
     checkpoint_every: int = 5
     grid_every: int = 5  # iterations between PNG sample grids
@@ -56,6 +57,8 @@ def check_train_config(cfg: TrainConfig) -> None:
                        ("grpo.prompts_per_iter", cfg.grpo.prompts_per_iter), ("checkpoint_every", cfg.checkpoint_every)):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    if cfg.prompt_pool < 0:
+        raise ConfigError(f"config key 'prompt_pool': must be 0 (the endless stream) or a prompt count, got {cfg.prompt_pool}")
     try:
         cfg.reward.validate()  # unknown reward or option: named, without building the model
     except ConfigError as err:

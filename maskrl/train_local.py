@@ -35,7 +35,7 @@ def train_local(cfg: TrainConfig) -> Path:
     if reference is not None:
         reference.requires_grad_(False)
     optim, sched = make_optimizer(policy, cfg.grpo, cfg.iterations)
-    reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights)
+    reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights, pool=cfg.prompt_pool)
     gen = torch.Generator().manual_seed(cfg.seed)
     log = MetricsLogger(run)
     grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
