@@ -1,6 +1,6 @@
 """Two DeepSpeed learner ranks (gloo, CPU) give the single-process update: ZeRO-2 and ZeRO-3.
 
-Reference: `maskrl.grpo.grpo_update` with torch AdamW (`train_local.make_optimizer` /
+Reference: `maskrl.grpo.grpo_update` with torch AdamW (`maskrl.grpo.optim.make_optimizer` /
 `adamw_step`) on the same batch with the same update generator. Tolerance: |dw| <= 2e-5 per
 weight after two iterations at lr 1e-3 (weights move by ~1e-2; the ranks' gradient all-reduce
 sums in another order than one process does, and Adam's normalisation turns those ~1e-7 gradient
