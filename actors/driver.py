@@ -34,8 +34,9 @@ from actors.metrics import RayMetricsSink
 from actors.pools import PoolError, pool_layout
 from actors.runstate import EVENTS_FILE, DriverState, EventLog
 from actors.runtime import Runtime, connect
+from maskrl.checkpoints import resolve_checkpoint
 from maskrl.config import ConfigError, to_yaml
-from maskrl.evaluation import held_out_prompts, resolve_checkpoint
+from maskrl.evaluation import held_out_prompts
 from maskrl.grids import write_grid
 from maskrl.iteration import PromptStream
 from maskrl.metrics import MetricsLogger, read_metrics, summary_line

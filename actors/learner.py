@@ -28,6 +28,7 @@ from maskrl.grpo.optim import make_optimizer
 from maskrl.iteration import check_groups, prepare
 from maskrl.seeds import update_seed
 from maskrl.models import save_policy
+from maskrl.models.lora import for_training, trainable_state
 from maskrl.train_config import TrainConfig
 from maskrl.trajectory import TrajectoryBatch
 
@@ -99,7 +100,7 @@ class LearnerRank:
         timeout = datetime.timedelta(seconds=self.cfg.cluster.learner.collective_timeout_s)
         deepspeed.init_distributed(dist_backend=backend, rank=self.rank, world_size=self.world_size, verbose=False, timeout=timeout)
         device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")
-        policy = load_checkpoint(policy_dir).to(device)
+        policy = for_training(load_checkpoint(policy_dir), self.cfg.lora, policy_dir).to(device)
         g = self.cfg.grpo
         self.reference = None
         if g.kl_coef or self.cfg.track_kl:
@@ -192,7 +193,7 @@ class LearnerRank:
         with self._full_weights():
             if self.rank != 0:
                 return None
-            state = self.module.state_dict()
+            state = trainable_state(self.module)
             if transport == "object_store":
                 return weights.to_numpy(state)
             return weights.broadcast_send(state, version, group, bucket_bytes)

@@ -15,6 +15,7 @@ import torch
 from actors import collective, weights
 from maskrl.evaluation import chunk_passes, generate, held_out_prompts, load_checkpoint
 from maskrl.iteration import rollout_groups
+from maskrl.models.lora import LoraConfig, for_training
 from maskrl.sampling import SamplingConfig
 from maskrl.train_config import EvalConfig
 from maskrl.world import parse_prompt
@@ -29,10 +30,11 @@ class BroadcastAbandoned(RuntimeError):
 
 
 class RolloutWorker:
-    def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, threads: int, use_gpu: bool = False):
+    def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, lora: LoraConfig, threads: int, use_gpu: bool = False):
         torch.set_num_threads(threads)
         self.device = "cuda" if use_gpu else "cpu"
-        self.policy = load_checkpoint(checkpoint).to(self.device).requires_grad_(False)
+        # the learner's architecture (adapters included): published weights are its trainable state
+        self.policy = for_training(load_checkpoint(checkpoint), lora, checkpoint).to(self.device).requires_grad_(False)
         self.version, self.sampling = version, sampling
         self.adopted = False  # the weights are read-only views of the object store (adopt_numpy)
 

@@ -62,7 +62,7 @@ class Runtime:
                 self.pools[spec.name] = ResourcePool(spec, c.placement_timeout_s)
             rs, ws, ls = shares["rollout"], shares["reward"], shares["learner"]
             self.rollout = self.groups["rollout"] = WorkerGroup(
-                self.pools[rs.pool], rs, RolloutActor, (policy_dir, version, cfg.sampling, rs.threads, rs.gpus > 0),
+                self.pools[rs.pool], rs, RolloutActor, (policy_dir, version, cfg.sampling, cfg.lora, rs.threads, rs.gpus > 0),
                 c.max_restarts, c.placement_timeout_s, on_replace=lambda actor: self.weights.worker_replaced(actor))
             self.reward = self.groups["reward"] = WorkerGroup(
                 self.pools[ws.pool], ws, RewardActor, (cfg.reward, ws.threads), c.max_restarts, c.placement_timeout_s,

@@ -1,5 +1,6 @@
-"""Weight publishing: a full state dict as numpy arrays (object-store transport), or the same
-tensors bucketed and broadcast over a `ray.util.collective` group.
+"""Weight publishing: the learner's trainable state (the whole state dict, or only the LoRA
+adapters; maskrl.models.lora) as numpy arrays (object-store transport), or the same tensors
+bucketed and broadcast over a `ray.util.collective` group.
 
 Object store: `to_numpy` gives numpy views of the (CPU) tensors, no copy; Ray writes each of them
 out of band into one object (one copy) and every worker maps that object and gets zero-copy views,
@@ -11,7 +12,7 @@ A CPU rollout worker does not need to own them: `adopt_numpy` makes the views it
 Collective: tensors of FUSE_BELOW bytes or more travel alone and in place (the sender broadcasts
 from its parameter, a receiver into its own); runs of smaller ones are fused into buckets of at
 most `bucket_bytes`, packed into one scratch buffer reused by every bucket. Both ends derive the
-layout from their own `state_dict()` (same architecture, same key order), so only the payloads
+layout from their own `trainable_state` (same architecture, same key order), so only the payloads
 travel; a small header (version, element count, bucket count) is broadcast first and checked.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import warnings
 import numpy as np
 import torch
 from ray.util import collective
+
+from maskrl.models.lora import trainable_state
 
 FUSE_BELOW = 2**20  # a smaller tensor shares a bucket: copying it in and out costs less than a broadcast of its own
 
@@ -45,7 +48,7 @@ def _check_fits(own: dict[str, torch.Tensor], weights: dict[str, np.ndarray]) ->
 @torch.no_grad()
 def load_numpy(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     """One copy per tensor, from the zero-copy view of the object store into the parameter."""
-    own = module.state_dict()
+    own = trainable_state(module)
     _check_fits(own, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # object-store arrays are read-only; we only read them
@@ -58,11 +61,11 @@ def adopt_numpy(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None
     """No copy at all (a CPU worker that only samples): the module's tensors become the read-only
     zero-copy views of the object store, which stays pinned while they live. A later in-place
     write (the collective transport) must first `own_weights`."""
-    own = module.state_dict()
+    own = trainable_state(module)
     _check_fits(own, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only arrays: the module never writes them
-        module.load_state_dict({k: torch.from_numpy(weights[k]) for k in own}, assign=True)
+        module.load_state_dict({k: torch.from_numpy(weights[k]) for k in own}, assign=True, strict=False)  # keys checked above
 
 
 @torch.no_grad()
@@ -137,7 +140,7 @@ def broadcast_send(state: dict[str, torch.Tensor], version: int, group: str, buc
 def broadcast_recv(module: torch.nn.Module, version: int, group: str, bucket_bytes: int) -> None:
     """Any other rank: receive the buckets into `module`'s own tensors."""
     device = _device(group)
-    own = module.state_dict()
+    own = trainable_state(module)
     buckets = [[own[n] for n in names] for names in bucket_layout(own, bucket_bytes)]
     header = torch.zeros(3, dtype=torch.int64, device=device)
     collective.broadcast(header, 0, group)

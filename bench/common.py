@@ -62,7 +62,8 @@ def setup(args) -> ShowoPolicy:
     if args.tiny:
         policy, source = ShowoPolicy(TINY), "tiny random-init ShowoPolicy (--tiny)"
     else:
-        from maskrl.evaluation import load_checkpoint, resolve_checkpoint
+        from maskrl.checkpoints import resolve_checkpoint
+        from maskrl.evaluation import load_checkpoint
 
         try:
             path = resolve_checkpoint(args.checkpoint)

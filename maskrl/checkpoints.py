@@ -19,10 +19,30 @@ from typing import Callable, Iterator
 MANIFEST = "manifest.json"
 STAGING = ".partial-"  # staging directories: <final name>.partial-<random>
 PREVIOUS = ".previous"  # a checkpoint being rewritten, kept until its replacement is in place
+NAMED_CHECKPOINTS = {"base": Path(__file__).parent / "assets" / "base"}
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """`base` -> the shipped base model; anything else must be a checkpoint directory."""
+    path = NAMED_CHECKPOINTS.get(str(name), Path(name))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"checkpoint {str(name)!r} not found (looked for {str(path / 'config.json')!r}); "
+            f"pass a maskrl checkpoint directory or one of {sorted(NAMED_CHECKPOINTS)}"
+        )
+    return path
+
+
+def checkpoint_name(path: str | Path) -> str:
+    """How a checkpoint directory is referred to from another one: a shipped checkpoint by its
+    name (valid on any install), anything else by its absolute path."""
+    path = Path(path).resolve()
+    named = [name for name, where in NAMED_CHECKPOINTS.items() if where.resolve() == path]
+    return named[0] if named else str(path)
 
 
 def file_digest(path: Path) -> dict:

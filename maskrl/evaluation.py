@@ -1,32 +1,16 @@
-"""Checkpoint resolution, batched generation and held-out ShapesEval."""
+"""Loading a checkpoint for sampling, batched generation and held-out ShapesEval."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from maskrl.checkpoints import resolve_checkpoint
 from maskrl.models import PaletteTokenizer, ShowoPolicy, load_policy
 from maskrl.sampling import SamplingConfig, sample
 from maskrl.seeds import chunk_seed
 from maskrl.world import CATEGORIES, Prompt, PromptSampler, pass_list, pass_rates
 from maskrl.world.intervals import shapes_eval_intervals
-
-ASSETS = Path(__file__).parent / "assets"
-NAMED_CHECKPOINTS = {"base": ASSETS / "base"}
-
-
-def resolve_checkpoint(name: str) -> Path:
-    """`base` -> the shipped base model; anything else must be a checkpoint directory."""
-    path = NAMED_CHECKPOINTS.get(name, Path(name))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"checkpoint {name!r} not found (looked for {str(path / 'config.json')!r}); "
-            f"pass a maskrl checkpoint directory or one of {sorted(NAMED_CHECKPOINTS)}"
-        )
-    return path
-
 
 def load_checkpoint(name: str) -> ShowoPolicy:
     policy = load_policy(resolve_checkpoint(name))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from maskrl.checkpoints import resolve_checkpoint
 from maskrl.models import PaletteTokenizer, ShowoConfig, ShowoPolicy, load_policy, save_policy
 from maskrl.schedule import cosine_mask_ratio
 from maskrl.world import PromptSampler, render_batch
@@ -75,8 +76,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if resumed:
         policy = load_policy(out / "last")
     elif cfg.init:
-        from maskrl.evaluation import resolve_checkpoint
-
         policy = load_policy(resolve_checkpoint(cfg.init))
     else:
         policy = ShowoPolicy(cfg.model)

@@ -7,6 +7,7 @@ from pathlib import Path
 from maskrl.cluster_config import ClusterConfig, LearnerConfig, PoolConfig  # noqa: F401  (the run config's parts)
 from maskrl.config import ConfigError, check_choices, load_config
 from maskrl.grpo import GRPOConfig, check_grpo
+from maskrl.models.lora import LoraConfig, check_lora
 from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig, check_sampling
 
@@ -36,6 +37,7 @@ class TrainConfig:
     checkpoint_every: int = 5
     grid_every: int = 5  # iterations between PNG sample grids
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
     # rollouts sample as evaluation does: the unmasking schedule is the decision process
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16, cfg_scale=3.0))
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -48,7 +50,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     (a registry that plug-ins extend, so not an enum)."""
     check_choices(cfg)
     for prefix, check, part in (("sampling", check_sampling, cfg.sampling),
-                                ("eval.sampling", check_sampling, cfg.eval.sampling), ("grpo", check_grpo, cfg.grpo)):
+                                ("eval.sampling", check_sampling, cfg.eval.sampling), ("grpo", check_grpo, cfg.grpo),
+                                ("lora", check_lora, cfg.lora)):
         try:
             check(part)
         except ValueError as err:

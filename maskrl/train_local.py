@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from maskrl.checkpoints import resolve_checkpoint
 from maskrl.config import to_yaml
 from maskrl.evaluation import eval_metrics, generate, held_out_prompts, load_checkpoint
 from maskrl.grids import write_grid
@@ -20,6 +21,7 @@ from maskrl.grpo.optim import adamw_step, make_optimizer
 from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.metrics import MetricsLogger, summary_line
 from maskrl.models import save_policy
+from maskrl.models.lora import for_training
 from maskrl.rewards import build_reward
 from maskrl.train_config import TrainConfig, check_train_config
 
@@ -30,7 +32,7 @@ def train_local(cfg: TrainConfig) -> Path:
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(to_yaml(cfg))
-    policy = load_checkpoint(cfg.checkpoint)
+    policy = for_training(load_checkpoint(cfg.checkpoint), cfg.lora, resolve_checkpoint(cfg.checkpoint))
     reference = load_checkpoint(cfg.checkpoint) if (cfg.grpo.kl_coef or cfg.track_kl) else None
     if reference is not None:
         reference.requires_grad_(False)

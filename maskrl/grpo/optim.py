@@ -9,8 +9,10 @@ from maskrl.grpo.objective import GRPOConfig
 
 
 def make_optimizer(policy: torch.nn.Module, g: GRPOConfig, iterations: int):
-    """(AdamW over the policy's parameters, its per-iteration learning-rate schedule)."""
-    optim = torch.optim.AdamW(policy.parameters(), lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
+    """(AdamW over the policy's trainable parameters (only the adapters under LoRA), its
+    per-iteration learning-rate schedule)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
     sched = get_cosine_with_min_lr_schedule_with_warmup(optim, g.warmup_iters, iterations, min_lr_rate=g.min_lr_ratio)
     return optim, sched
 

@@ -2,7 +2,8 @@
 import json
 
 from maskrl.cli import main
-from maskrl.evaluation import load_checkpoint, resolve_checkpoint
+from maskrl.checkpoints import resolve_checkpoint
+from maskrl.evaluation import load_checkpoint
 from maskrl.world import parse_prompt, shapes_eval
 
 import numpy as np

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from maskrl.config import load_config
-from maskrl.evaluation import resolve_checkpoint
+from maskrl.checkpoints import resolve_checkpoint
 from maskrl.metrics import read_metrics
 from maskrl.train_config import TrainConfig
 from maskrl.train_local import train_local

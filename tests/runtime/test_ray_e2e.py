@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from maskrl.evaluation import resolve_checkpoint
+from maskrl.checkpoints import resolve_checkpoint
 from maskrl.metrics import read_metrics
 from maskrl.models import load_policy
 from tests.helpers import REPO as ROOT
