@@ -68,7 +68,7 @@ class Dispatcher:
             [list(range(s, min(s + per_task, len(prompts)))) for s in range(0, len(prompts), per_task)]
         tasks = []
         for j, chunk in enumerate(c for c in chunks if len(c)):
-            items = [(prompts[i][0], prompts[i][1].text) for i in chunk]
+            items = [prompts[i] for i in chunk]
             task = Task(j, items, task_seed(self.seed, iteration, items[0][0]), worker=j % n)
             self._submit_rollout(task)
             tasks.append(task)

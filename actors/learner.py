@@ -107,7 +107,7 @@ class LearnerRank:
             self.reference = load_checkpoint(self.cfg.checkpoint).to(device).requires_grad_(False)
         optim, self.sched = make_optimizer(policy, self.cfg.grpo, self.cfg.iterations)
         if self.cfg.cluster.learner.zero_stage == 3:
-            # ShowoPolicy.forward reads lm_head's rows itself (never calls lm_head): ZeRO-3 must gather them.
+            # the Show-o policies read lm_head's codebook rows themselves (never call lm_head): ZeRO-3 must gather them
             for p in policy.lm.lm_head.parameters():
                 deepspeed.zero.register_external_parameter(policy, p)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=deepspeed_config(self.cfg, self.world_size))

@@ -10,15 +10,16 @@ import torch
 
 from actors import collective
 from maskrl.iteration import score
+from maskrl.models.policy import image_decoder
 from maskrl.rewards import build_reward
 from maskrl.rewards.base import RewardConfig
 from maskrl.trajectory import TrajectoryBatch
 
 
 class RewardWorker:
-    def __init__(self, reward: RewardConfig | str, threads: int):
+    def __init__(self, reward: RewardConfig | str, checkpoint: str, threads: int):
         torch.set_num_threads(threads)
-        self.reward = build_reward(reward)
+        self.reward, self.decode = build_reward(reward), image_decoder(checkpoint)
 
     def ready(self) -> bool:
         return True
@@ -30,7 +31,7 @@ class RewardWorker:
     def score(self, record: pa.RecordBatch):
         """(the batch with rewards, as a new record batch; {"images", "seconds", reward component means})."""
         start = time.perf_counter()
-        scored, components = score(TrajectoryBatch.from_arrow(record), self.reward)
+        scored, components = score(TrajectoryBatch.from_arrow(record), self.reward, self.decode)
         stats = {"images": len(scored), "seconds": time.perf_counter() - start, **components}
         return scored.to_arrow(), stats
 

@@ -18,7 +18,6 @@ from maskrl.iteration import rollout_groups
 from maskrl.models.lora import LoraConfig, for_training
 from maskrl.sampling import SamplingConfig
 from maskrl.train_config import EvalConfig
-from maskrl.world import parse_prompt
 
 
 class VersionMismatch(RuntimeError):
@@ -83,9 +82,8 @@ class RolloutWorker:
         if version != self.version:
             raise VersionMismatch(f"asked for rollouts of policy version {version}, this worker holds {self.version}")
         start = time.perf_counter()
-        parsed = [(i, parse_prompt(text)) for i, text in prompts]
         gen = torch.Generator().manual_seed(seed)
-        batch = rollout_groups(self.policy, parsed, group_size, self.sampling, gen, self.version)
+        batch = rollout_groups(self.policy, prompts, group_size, self.sampling, gen, self.version)
         record = batch.to_arrow()
         stats = {"images": len(batch), "seconds": time.perf_counter() - start, "bytes": record.nbytes}
         return record, stats

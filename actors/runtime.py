@@ -65,7 +65,7 @@ class Runtime:
                 self.pools[rs.pool], rs, RolloutActor, (policy_dir, version, cfg.sampling, cfg.lora, rs.threads, rs.gpus > 0),
                 c.max_restarts, c.placement_timeout_s, on_replace=lambda actor: self.weights.worker_replaced(actor))
             self.reward = self.groups["reward"] = WorkerGroup(
-                self.pools[ws.pool], ws, RewardActor, (cfg.reward, ws.threads), c.max_restarts, c.placement_timeout_s,
+                self.pools[ws.pool], ws, RewardActor, (cfg.reward, policy_dir, ws.threads), c.max_restarts, c.placement_timeout_s,
                 runtime_env=cfg.reward.ray_runtime_env(),  # the reward's own dependencies, if any
             )
             self.learner = LearnerGroup(self.pools[ls.pool], ls, cfg, policy_dir, version, optimizer_dir)

@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     from actors.rollout import RolloutActor
     from maskrl.models.lora import LoraConfig
 
-    prompts = [(i, p.text) for i, p in PromptStream(args.seed).take(max(1, args.batch // args.group))]
+    prompts = PromptStream(args.seed).take(max(1, args.batch // args.group))
     images = len(prompts) * args.group
     pools = {n: [RolloutActor.options(num_cpus=0.5).remote(checkpoint, 0, sampling, LoraConfig(), args.threads) for _ in range(n)] for n in (1, 2)}
     ray.get([w.ready.remote() for ws in pools.values() for w in ws])

@@ -84,7 +84,7 @@ def prompts(n: int, seed: int = 0) -> list[str]:
     """n realistic ShapesWorld prompts (the trainer's prompt stream)."""
     from maskrl.iteration import PromptStream
 
-    return [p.text for _, p in PromptStream(seed).take(n)]
+    return [p for _, p in PromptStream(seed).take(n)]
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from maskrl.grpo import GRPOConfig, filter_groups, group_advantages
-from maskrl.models import PaletteTokenizer, ShowoPolicy
+from maskrl.models.policy import ImageDecoder, MaskedPolicy
 from maskrl.rewards import Reward
 from maskrl.sampling import SamplingConfig, sample
 from maskrl.trajectory import TrajectoryBatch
-from maskrl.world import Prompt, PromptSampler
+from maskrl.world import PromptSampler
 
 
 class PromptStream:
@@ -25,19 +25,20 @@ class PromptStream:
     def __init__(self, seed: int, weights: dict[str, float] | None = None, position: int = 0, pool: int = 0):
         self.seed, self.position, self.pool, self._sampler = seed, position, pool, PromptSampler(weights)
 
-    def take(self, n: int) -> list[tuple[int, Prompt]]:
+    def take(self, n: int) -> list[tuple[int, str]]:
+        """The next n (stream index, prompt text) pairs."""
         key = (lambda i: i % self.pool) if self.pool else (lambda i: i)
-        out = [(i, self._sampler.sample(np.random.default_rng([self.seed, key(i)]))) for i in range(self.position, self.position + n)]
+        out = [(i, self._sampler.sample(np.random.default_rng([self.seed, key(i)])).text) for i in range(self.position, self.position + n)]
         self.position += n
         return out
 
 
 def rollout_groups(
-    policy: ShowoPolicy, prompts: list[tuple[int, Prompt]], group_size: int, sampling: SamplingConfig,
+    policy: MaskedPolicy, prompts: list[tuple[int, str]], group_size: int, sampling: SamplingConfig,
     generator: torch.Generator, version: int,
 ) -> TrajectoryBatch:
-    """G trajectories for each (stream index, prompt); the group id is the stream index."""
-    texts = [p.text for _, p in prompts for _ in range(group_size)]
+    """G trajectories for each (stream index, prompt text); the group id is the stream index."""
+    texts = [p for _, p in prompts for _ in range(group_size)]
     index = torch.tensor([i for i, _ in prompts for _ in range(group_size)])
     rollout = sample(policy, texts, sampling, generator)
     b = len(texts)
@@ -49,9 +50,10 @@ def rollout_groups(
     )
 
 
-def score(batch: TrajectoryBatch, reward: Reward) -> tuple[TrajectoryBatch, dict[str, float]]:
-    """Attach rewards; returns the batch and the reward components' means for logging."""
-    out = reward(PaletteTokenizer().decode(batch.tokens), batch.prompts)
+def score(batch: TrajectoryBatch, reward: Reward, decode: ImageDecoder) -> tuple[TrajectoryBatch, dict[str, float]]:
+    """Decode the tokens to images and attach their rewards; returns the batch and the reward
+    components' means for logging."""
+    out = reward(decode(batch.tokens), batch.prompts)
     comps = {f"reward/{k}": float(np.nanmean(v)) for k, v in out.components.items()}
     return replace(batch, reward=torch.as_tensor(out.scores, dtype=torch.float32)), comps
 

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 import torch
 
-from maskrl.models import ShowoPolicy
+from maskrl.models.policy import MaskedPolicy, guided_logits
 from maskrl.schedule import masked_counts
 from maskrl.transition import Variant, check_variant, needs_step_tokens, transition_terms
 
@@ -33,7 +33,7 @@ NOISE_SCHEDULES = tuple(NoiseSchedule)
 @dataclass
 class SamplingConfig:
     steps: int = 16
-    cfg_scale: float = 0.0  # Show-o's guidance: (1 + s) * cond - s * uncond
+    cfg_scale: float = 0.0  # guidance scale s, in the policy's formula (its preset: Show-o's (1 + s) c - s u)
     temperature: float = 1.0  # softmax temperature of the token distribution
     noise_scale: float = 3.0  # Gumbel noise on log-confidence at step 0, annealed to 0
     noise_schedule: NoiseSchedule = NoiseSchedule.linear
@@ -67,18 +67,17 @@ def noise_at(step: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return cfg.noise_scale * decay.to(step.device)[step.long()]
 
 
-def step_logprobs(policy: ShowoPolicy, text_ids, null_ids, state, attn_mask, cfg: SamplingConfig) -> torch.Tensor:
+def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cfg: SamplingConfig) -> torch.Tensor:
     """(B, N, K) log-probs of the step's token distribution (CFG and temperature applied)."""
     if cfg.cfg_scale:
         logits = policy(torch.cat([text_ids, null_ids]), torch.cat([state, state]), attn_mask)
-        cond, uncond = logits.chunk(2)
-        logits = (1 + cfg.cfg_scale) * cond - cfg.cfg_scale * uncond
+        logits = guided_logits(*logits.chunk(2), cfg.cfg_scale, policy.preset.guidance)
     else:
         logits = policy(text_ids, state, attn_mask)
     return torch.log_softmax(logits.float() / cfg.temperature, dim=-1)
 
 
-def text_inputs(policy: ShowoPolicy, text_ids: torch.Tensor, cfg: SamplingConfig):
+def text_inputs(policy: MaskedPolicy, text_ids: torch.Tensor, cfg: SamplingConfig):
     """(null ids or None, attention mask) for a batch, built once and reused every step."""
     if not cfg.cfg_scale:
         return None, policy.attention_mask(text_ids)
@@ -87,14 +86,14 @@ def text_inputs(policy: ShowoPolicy, text_ids: torch.Tensor, cfg: SamplingConfig
 
 
 @torch.no_grad()
-def sample(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
+def sample(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
     """Decode one image per prompt, `cfg.micro_batch` images per forward pass."""
     parts = [_sample_batch(policy, prompts[i : i + cfg.micro_batch], cfg, generator)
              for i in range(0, len(prompts), cfg.micro_batch)]
     return Rollout(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Rollout)})
 
 
-def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
+def _sample_batch(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
     check_sampling(cfg)
     if cfg.steps > policy.num_image_tokens:
         raise ValueError(f"sampling steps={cfg.steps} exceeds the {policy.num_image_tokens} image tokens to reveal")
@@ -107,7 +106,7 @@ def _sample_batch(policy: ShowoPolicy, prompts: list[str], cfg: SamplingConfig, 
     cutoff = torch.zeros(b, steps, device=dev)
     terms, drawn = [], []
     noise = noise_at(torch.arange(steps), cfg).float().to(dev)
-    for t, keep_masked in enumerate(masked_counts(n, steps)):
+    for t, keep_masked in enumerate(masked_counts(n, steps, policy.preset.mask_rounding)):
         logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, cfg)
         masked = state == policy.mask_code
         probs = logp.exp().reshape(b * n, -1).cpu()

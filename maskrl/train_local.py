@@ -53,7 +53,7 @@ def train_local(cfg: TrainConfig) -> Path:
         start = time.time()
         policy.eval()
         batch = rollout_groups(policy, stream.take(cfg.grpo.prompts_per_iter), cfg.grpo.group_size, cfg.sampling, gen, it - 1)
-        batch, reward_parts = score(batch, reward)
+        batch, reward_parts = score(batch, reward, policy.decode_images)
         prepared = prepare(batch, cfg.grpo)
         metrics = {**prepared.metrics, **reward_parts}
         if len(prepared.batch):

@@ -22,7 +22,7 @@ from enum import StrEnum
 
 import torch
 
-from maskrl.models import ShowoPolicy
+from maskrl.models.policy import MaskedPolicy
 from maskrl.sampling import SamplingConfig, noise_at, step_logprobs, text_inputs
 from maskrl.trajectory import TrajectoryBatch
 from maskrl.transition import transition_terms, unit_mask
@@ -88,7 +88,7 @@ def pair_units(batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, s
 
 
 def score_pairs(
-    policy: ShowoPolicy, batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig
+    policy: MaskedPolicy, batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """((P, N + 1) per-unit log-probs, units) of the pairs' transitions under `policy`, differentiable."""
     dev = next(policy.parameters()).device

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -25,7 +26,9 @@ from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 from maskrl.checkpoints import MANIFEST, resolve_checkpoint, verify
 from maskrl.models.lora import ADAPTER_FILE, has_lora, load_adapters, save_adapters
+from maskrl.models.policy import SamplerPreset
 from maskrl.models.text_tokenizer import build_text_tokenizer
+from maskrl.models.visual_tokenizer import PaletteTokenizer
 
 FORMAT = "maskrl-showo/1"
 
@@ -48,6 +51,10 @@ class ShowoConfig:
 
 
 class ShowoPolicy(nn.Module):
+    """ShapesWorld's policy (a `maskrl.models.policy.MaskedPolicy`); its images are palette grids."""
+
+    preset = SamplerPreset()  # Show-o's guidance formula, float64 mask counts (what it was trained with)
+
     def __init__(self, config: ShowoConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__()
         self.config = config
@@ -55,6 +62,7 @@ class ShowoPolicy(nn.Module):
         self.code_offset = len(self.tokenizer)
         self.mask_code = config.codebook_size  # code-space id of the mask token
         self.num_image_tokens = config.grid_size**2
+        self.grid_shape = (config.grid_size, config.grid_size)
         self.text_slots = config.max_text_len + 1  # + <|t2i|>
         self.image_start = self.text_slots + 1  # after <|soi|>
         self.seq_len = self.image_start + self.num_image_tokens + 1  # + <|eoi|>
@@ -143,6 +151,10 @@ class ShowoPolicy(nn.Module):
         hidden = hidden[:, self.image_start : self.image_start + self.num_image_tokens]
         rows = slice(self.code_offset, self.code_offset + self.config.codebook_size)
         return F.linear(hidden, self.lm.lm_head.weight[rows], self.lm.lm_head.bias[rows])
+
+    def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
+        """(B, N) codes -> (B, 16, 16) palette grids, the images ShapesWorld's rewards score."""
+        return PaletteTokenizer().decode(tokens)
 
     @property
     def num_parameters(self) -> int:

@@ -30,7 +30,7 @@ register_reward("test_red", RedShare)
 
 
 def red_share(policy, sampling) -> float:
-    prompts = [p.text for _, p in PromptStream(99).take(16)]
+    prompts = [p for _, p in PromptStream(99).take(16)]
     grids = PaletteTokenizer().decode(sample(policy, prompts, sampling, torch.Generator().manual_seed(7)).tokens)
     return float((grids == RED).mean())
 
@@ -54,7 +54,7 @@ def test_mask_grpo_raises_a_learnable_reward(variant, ratio):
     before = red_share(policy.eval(), sampling)
     for it in range(8):
         batch, _ = score(rollout_groups(policy.eval(), stream.take(cfg.prompts_per_iter), cfg.group_size, sampling, gen, it),
-                         RedShare())
+                         RedShare(), policy.decode_images)
         grpo_update(policy, None, prepare(batch, cfg).batch, cfg, sampling, step, gen)
     after = red_share(policy.eval(), sampling)
     assert after > before + 0.2, (before, after)

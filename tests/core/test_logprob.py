@@ -6,9 +6,8 @@ from maskrl.grpo import score_pairs
 from maskrl.iteration import rollout_groups
 from maskrl.sampling import SamplingConfig, noise_at
 from maskrl.transition import VARIANTS
-from maskrl.world import parse_prompt
 
-PROMPTS = [parse_prompt(t) for t in ("a red circle", "three squares", "a cross to the left of a circle")]
+PROMPTS = ["a red circle", "three squares", "a cross to the left of a circle"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

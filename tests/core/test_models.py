@@ -4,6 +4,7 @@ import torch
 
 from maskrl.config import ConfigError, load_config
 from maskrl.models import PaletteTokenizer, ShowoConfig, ShowoPolicy, build_text_tokenizer, load_policy, save_policy
+from maskrl.models.policy import Guidance, MaskedPolicy, guided_logits
 from maskrl.pretrain import PretrainConfig
 from maskrl.world import VOCABULARY, PromptSampler, render_batch
 from tests.helpers import TINY
@@ -108,3 +109,12 @@ def test_prompt_too_long_or_off_vocabulary_is_rejected(tiny_policy):
     short = ShowoPolicy(ShowoConfig(**{**TINY.__dict__, "max_text_len": 5}))
     with pytest.raises(ValueError, match="max_text_len is 5"):
         short.encode_prompts(["a circle to the left of a square"])
+
+
+def test_guidance_formulas_of_the_presets(tiny_policy):
+    """Show-o's (1 + s) c - s u is diffusers' u + s' (c - u) at s' = 1 + s; ShapesWorld's policy is a
+    MaskedPolicy with Show-o's formula."""
+    cond, uncond = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    torch.testing.assert_close(guided_logits(cond, uncond, 3.0, Guidance.showo), 4 * cond - 3 * uncond)
+    torch.testing.assert_close(guided_logits(cond, uncond, 4.0, Guidance.diffusers), guided_logits(cond, uncond, 3.0, Guidance.showo))
+    assert isinstance(tiny_policy, MaskedPolicy) and tiny_policy.preset.guidance == Guidance.showo

@@ -7,7 +7,7 @@ from maskrl.train_config import TrainConfig, check_train_config
 
 
 def texts(stream: PromptStream, n: int) -> list[str]:
-    return [p.text for _, p in stream.take(n)]
+    return [p for _, p in stream.take(n)]
 
 
 def test_resuming_at_a_position_continues_exactly():
@@ -20,7 +20,7 @@ def test_a_pool_cycles_through_the_streams_first_prompts_with_fresh_group_ids():
     first = texts(PromptStream(3), 4)
     pooled = PromptStream(3, pool=4)
     taken = pooled.take(10)
-    assert [p.text for _, p in taken] == first + first + first[:2]
+    assert [p for _, p in taken] == first + first + first[:2]
     assert [i for i, _ in taken] == list(range(10))  # group ids stay unique across iterations
     assert texts(PromptStream(3, position=6, pool=4), 2) == first[2:4]  # resumable too
 

@@ -390,7 +390,7 @@ def test_non_finite_rewards_are_dropped_and_counted_by_prepare():
     batch = _batch_of_groups(3, 4)
     values = [1, 2, float("nan"), 4, 5, float("inf"), 7, 8, -float("inf"), 10, 11, 12]
     reward = build_reward("test_fixed", values=values)
-    scored, parts = score(batch, reward)
+    scored, parts = score(batch, reward, PaletteTokenizer().decode)
     assert torch.isnan(scored.reward[[2, 5, 8]]).all()
     assert parts["reward/double"] == pytest.approx(2 * np.mean([v for v in values if np.isfinite(v)]))
     prepared = prepare(scored, GRPOConfig())
