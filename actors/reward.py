@@ -10,7 +10,7 @@ import torch
 
 from actors import collective
 from maskrl.iteration import score
-from maskrl.models.policy import image_decoder
+from maskrl.models.store import image_decoder
 from maskrl.rewards import build_reward
 from maskrl.rewards.base import RewardConfig
 from maskrl.trajectory import TrajectoryBatch

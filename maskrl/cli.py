@@ -22,22 +22,28 @@ def _pretrain(args) -> None:
     print(f"checkpoint: {pretrain(cfg)}")
 
 
-def _read_prompts(path: str):
-    from maskrl.world import PromptError, parse_prompt
-
+def _read_prompts(path: str, check) -> list:
+    """The prompt file's lines, each through `check` (the ShapesWorld grammar, or a real model's
+    tokenizer); a bad line is an error naming the file and line."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
-    lines = file.read_text().splitlines()
     prompts = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
         try:
-            prompts.append(parse_prompt(line))
-        except PromptError as err:
+            prompts.append(check(line))
+        except ValueError as err:  # PromptError is one
             raise ValueError(f"{path}:{number}: {err}") from None
     if not prompts:
         raise ValueError(f"prompt file {path!r} holds no prompts")
     return prompts
+
+
+def _free_text(policy):
+    def check(line: str) -> str:
+        policy.encode_prompts([line])  # too long, or reserved tokens: named by the policy
+        return line
+    return check
 
 
 def _sampling(args):
@@ -48,26 +54,45 @@ def _sampling(args):
 
 
 def _generate(args) -> None:
-    from maskrl.evaluation import generate, load_checkpoint
-    from maskrl.world import write_png
+    from PIL import Image
 
-    prompts = _read_prompts(args.prompts)
+    from maskrl.evaluation import generate, load_checkpoint
+    from maskrl.models import ShowoPolicy
+    from maskrl.world import parse_prompt, write_png
+
     policy = load_checkpoint(args.checkpoint)
-    grids = generate(policy, [p.text for p in prompts], args.samples, _sampling(args), args.seed, progress=True)
+    shapes_world = isinstance(policy, ShowoPolicy)
+    texts = [p.text if shapes_world else p for p in _read_prompts(args.prompts, parse_prompt if shapes_world else _free_text(policy))]
+    images = generate(policy, texts, args.samples, _sampling(args), args.seed, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i, per_prompt in enumerate(grids):
-        for k, grid in enumerate(per_prompt):
-            write_png(grid, out / f"{i:05d}_{k}.png", scale=args.scale)
-    print(f"wrote {grids.shape[0] * grids.shape[1]} images to {out}")
+    for i, per_prompt in enumerate(images):
+        for k, image in enumerate(per_prompt):
+            if shapes_world:  # a palette grid, drawn `--scale` pixels a cell (SHAPES_WORLD.md 5)
+                write_png(image, out / f"{i:05d}_{k}.png", scale=args.scale)
+            else:
+                Image.fromarray(image).save(out / f"{i:05d}_{k}.png")
+    print(f"wrote {images.shape[0] * images.shape[1]} images to {out}")
 
 
 def _eval(args) -> None:
     from maskrl.evaluation import evaluate, load_checkpoint
+    from maskrl.models import ShowoPolicy
+    from maskrl.world import parse_prompt
 
-    prompts = _read_prompts(args.prompts)
     policy = load_checkpoint(args.checkpoint)
+    if not isinstance(policy, ShowoPolicy):
+        raise ValueError(f"checkpoint {args.checkpoint!r} is not a ShapesWorld policy: `maskrl eval` scores ShapesEval; "
+                         "use `maskrl generate` and score its images with your reward")
+    prompts = _read_prompts(args.prompts, parse_prompt)
     print(json.dumps(evaluate(policy, prompts, args.samples, _sampling(args), args.seed, progress=True), indent=2))
+
+
+def _showo_checkpoint(args) -> None:
+    from maskrl.models.showo_t2i import ShowoReleaseDirs, write_release_reference
+
+    dirs = ShowoReleaseDirs(args.model_dir, args.vq_dir, args.tokenizer_dir, args.resolution, args.dtype)
+    print(f"checkpoint: {write_release_reference(dirs, args.out)}")
 
 
 def held_out_line(name: str, metrics: dict) -> str:
@@ -91,8 +116,10 @@ def _train_local(args) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="base", help="checkpoint directory, or 'base' (default)")
-    p.add_argument("--prompts", required=True, help="text file, one ShapesWorld prompt a line")
+    p.add_argument("--checkpoint", default="base",
+                   help="checkpoint directory (a maskrl one, or a Show-o release reference), or 'base' (default)")
+    p.add_argument("--prompts", required=True,
+                   help="text file, one prompt a line (ShapesWorld's grammar for ShapesWorld policies, free text otherwise)")
     p.add_argument("--samples", type=int, default=1, help="images per prompt")
     p.add_argument("--steps", type=int, default=16, help="unmasking steps")
     p.add_argument("--cfg", type=float, default=3.0,
@@ -121,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--scale", type=int, default=8, help="pixels per cell in the PNGs")
     p.set_defaults(func=_generate)
+    p = sub.add_parser("showo-checkpoint", help="a checkpoint directory naming a Show-o release's local "
+                       "directories (nothing converted): use it as --checkpoint or `checkpoint:`")
+    p.add_argument("out", help="the checkpoint directory to write (config.json only)")
+    p.add_argument("--model-dir", required=True, help="showlab/show-o or show-o-512x512: config.json + safetensors")
+    p.add_argument("--vq-dir", required=True, help="showlab/magvitv2: its weights as one .safetensors file")
+    p.add_argument("--tokenizer-dir", required=True, help="microsoft/phi-1_5: tokenizer.json, tokenizer_config.json")
+    p.add_argument("--resolution", type=int, default=256, help="256 (show-o) or 512 (show-o-512x512)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.set_defaults(func=_showo_checkpoint)
     p = sub.add_parser("eval", help="print ShapesEval (overall and per category) as JSON")
     _add_sampling_args(p)
     p.set_defaults(func=_eval)

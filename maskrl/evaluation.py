@@ -6,13 +6,14 @@ import torch
 from tqdm import tqdm
 
 from maskrl.checkpoints import resolve_checkpoint
-from maskrl.models import PaletteTokenizer, ShowoPolicy, load_policy
+from maskrl.models import ShowoPolicy, load_policy
+from maskrl.models.policy import MaskedPolicy
 from maskrl.sampling import SamplingConfig, sample
 from maskrl.seeds import chunk_seed
 from maskrl.world import CATEGORIES, Prompt, PromptSampler, pass_list, pass_rates
 from maskrl.world.intervals import shapes_eval_intervals
 
-def load_checkpoint(name: str) -> ShowoPolicy:
+def load_checkpoint(name: str) -> MaskedPolicy:
     policy = load_policy(resolve_checkpoint(name))
     policy.eval()
     return policy
@@ -29,17 +30,18 @@ CHUNK = 32  # prompts per independently seeded chunk: any split of the chunks ov
 
 
 def generate(
-    policy: ShowoPolicy, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int,
+    policy: MaskedPolicy, prompts: list[str], samples: int, sampling: SamplingConfig, seed: int,
     progress: bool = False, first_chunk: int = 0,
 ) -> np.ndarray:
-    """(len(prompts), samples, 16, 16) palette grids; sample k of prompt i is [i, k]. Prompts are
+    """(len(prompts), samples, ...) images (`policy.decode_images`: ShapesWorld's 16 x 16 palette
+    grids, a real model's RGB); sample k of prompt i is [i, k]. Prompts are
     drawn in chunks of CHUNK, chunk c seeded by chunk_seed(seed, first_chunk + c), so generating
     a chunk alone (`first_chunk`) gives exactly the images it gets in the whole list."""
     grids = []
     for c, start in enumerate(tqdm(range(0, len(prompts), CHUNK), desc="generate", disable=not progress)):
         texts = [p for p in prompts[start : start + CHUNK] for _ in range(samples)]
         rollout = sample(policy, texts, sampling, torch.Generator().manual_seed(chunk_seed(seed, first_chunk + c)))
-        grids.append(PaletteTokenizer().decode(rollout.tokens))
+        grids.append(policy.decode_images(rollout.tokens))
     return np.concatenate(grids).reshape(len(prompts), samples, *grids[0].shape[1:])
 
 

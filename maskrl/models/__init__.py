@@ -2,7 +2,8 @@
 and the visual tokenizer interface with its ShapesWorld palette implementation."""
 from maskrl.models.text_tokenizer import SHOWO_SPECIAL_TOKENS, build_text_tokenizer
 from maskrl.models.visual_tokenizer import PaletteTokenizer, VisualTokenizer
-from maskrl.models.showo import ShowoConfig, ShowoPolicy, load_policy, save_policy
+from maskrl.models.showo import ShowoConfig, ShowoPolicy
+from maskrl.models.store import load_policy, save_policy
 
 __all__ = [
     "SHOWO_SPECIAL_TOKENS", "build_text_tokenizer", "PaletteTokenizer", "VisualTokenizer",

@@ -64,8 +64,15 @@ def add_lora(policy: torch.nn.Module, cfg: LoraConfig, base_dir: str | Path) -> 
         raise ValueError(f"lora.target_modules={list(cfg.target_modules)}: {err}") from None
     base_dir = Path(base_dir)
     policy.lora = cfg
-    policy.lora_base = {"checkpoint": checkpoint_name(base_dir), **file_digest(base_dir / "model.safetensors")}
+    policy.lora_base = {"checkpoint": checkpoint_name(base_dir), **file_digest(_identity_file(base_dir))}
     return policy
+
+
+def _identity_file(base_dir: Path) -> Path:
+    """The file that identifies a base: its weights, or the config.json of a release reference (whose
+    weights lie in the release's own directory)."""
+    weights = base_dir / "model.safetensors"
+    return weights if weights.is_file() else base_dir / "config.json"
 
 
 def trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -101,10 +108,10 @@ def load_adapters(policy: torch.nn.Module, directory: Path, meta: dict) -> torch
     trained on, and load their tensors; every adapter tensor must be in the file, nothing else."""
     base = meta["base"]
     base_dir = resolve_checkpoint(base["checkpoint"])
-    found = file_digest(base_dir / "model.safetensors")
+    found = file_digest(_identity_file(base_dir))
     if (found["bytes"], found["sha256"]) != (base["bytes"], base["sha256"]):
         raise ValueError(f"checkpoint {str(directory)!r} holds LoRA adapters of {base['checkpoint']!r}, whose "
-                         f"model.safetensors has changed since (sha256 {found['sha256'][:12]}, expected {base['sha256'][:12]})")
+                         f"{_identity_file(base_dir).name} has changed since (sha256 {found['sha256'][:12]}, expected {base['sha256'][:12]})")
     add_lora(policy, LoraConfig(**{k: v for k, v in meta.items() if k != "base"}), base_dir)
     saved, own = load_file(directory / ADAPTER_FILE), trainable_state(policy)
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())

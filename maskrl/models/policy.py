@@ -10,10 +10,8 @@ schedule's rounding of how many tokens stay masked after each step), and the sam
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,17 +40,6 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float, guidan
 
 
 ImageDecoder = Callable[[torch.Tensor], np.ndarray]  # (B, N) codes -> the images a reward scores
-
-
-def image_decoder(checkpoint: str | Path) -> ImageDecoder:
-    """What a reward worker needs of a checkpoint: its tokens -> images, without the policy."""
-    from maskrl.models.showo import FORMAT
-    from maskrl.models.visual_tokenizer import PaletteTokenizer
-
-    meta = json.loads((Path(checkpoint) / "config.json").read_text())
-    if meta.get("format") == FORMAT:
-        return PaletteTokenizer().decode
-    raise ValueError(f"checkpoint {str(checkpoint)!r}: no image decoder for format {meta.get('format')!r}")
 
 
 @runtime_checkable

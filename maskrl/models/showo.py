@@ -13,7 +13,6 @@ LM head. Image states are held in *code space*: 0..K-1 are codes, K is the mask.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
-from maskrl.checkpoints import MANIFEST, resolve_checkpoint, verify
-from maskrl.models.lora import ADAPTER_FILE, has_lora, load_adapters, save_adapters
 from maskrl.models.policy import SamplerPreset
 from maskrl.models.text_tokenizer import build_text_tokenizer
 from maskrl.models.visual_tokenizer import PaletteTokenizer
@@ -161,44 +158,17 @@ class ShowoPolicy(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def save_policy(policy: ShowoPolicy, directory: str | Path, extra: dict | None = None) -> Path:
-    """Directory checkpoint: config.json, the HF tokenizer files, and model.safetensors (or, for a
-    policy with LoRA adapters, only adapter.safetensors and a reference to its base)."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "config": asdict(policy.config), **(extra or {})}
-    if has_lora(policy):
-        meta["lora"] = save_adapters(policy, out)
-    else:
-        save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, out / "model.safetensors")
+def save_shapes_policy(policy: ShowoPolicy, out: Path) -> dict:
+    """model.safetensors and the tokenizer files; returns config.json's content."""
+    save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, out / "model.safetensors")
     policy.tokenizer.save_pretrained(out)
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
-    return out
+    return {"format": FORMAT, "config": asdict(policy.config)}
 
 
-def load_policy(directory: str | Path) -> ShowoPolicy:
-    """Load a checkpoint directory written by `save_policy` (no unpickling)."""
-    path = Path(directory)
-    for name in ("config.json", "tokenizer.json"):
-        _require(path, name)
-    if (path / MANIFEST).is_file():  # written by maskrl's trainer: refuse a truncated or unfinished copy
-        verify(path, deep=False)
-    meta = json.loads((path / "config.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if "lora" in meta:
-        _require(path, ADAPTER_FILE)
-        return load_adapters(load_policy(resolve_checkpoint(meta["lora"]["base"]["checkpoint"])), path, meta["lora"])
-    _require(path, "model.safetensors")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    policy = ShowoPolicy(ShowoConfig(**meta["config"]), tokenizer)
+def load_shapes_policy(path: Path, meta: dict) -> ShowoPolicy:
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} has no {name}")
+    policy = ShowoPolicy(ShowoConfig(**meta["config"]), PreTrainedTokenizerFast.from_pretrained(path))
     policy.load_state_dict(load_file(path / "model.safetensors"))
     return policy
-
-
-def _require(path: Path, name: str) -> None:
-    if not (path / name).is_file():
-        raise FileNotFoundError(
-            f"checkpoint {str(path)!r} has no {name}; pass a directory written by maskrl "
-            "(`--checkpoint base` names the shipped base model)"
-        )

@@ -35,17 +35,20 @@ So one sequence is 129 text slots + `<|soi|>` + N + `<|eoi|>`: 387 ids at 256 px
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PhiForCausalLM, PreTrainedTokenizerFast
 
 from maskrl.models.magvit2 import MagvitV2Config, MagvitV2Decoder
 from maskrl.models.policy import Guidance, SamplerPreset
-from maskrl.models.showo_release import CONVERT_HINT, ShowoReleaseConfig, load_showo_release
+from maskrl.models.showo_release import CONVERT_HINT, PREFIX, ShowoReleaseConfig, load_showo_release
 from maskrl.schedule import MaskRounding
 
 MAX_TEXT_LEN = 128  # Show-o's dataset.preprocessing.max_seq_length; one more slot holds <|t2i|>
@@ -156,13 +159,19 @@ class ShowoT2IPolicy(nn.Module):
         if self.vq is None:
             raise RuntimeError("this Show-o policy was loaded without a VQ decoder; pass vq_dir to "
                                "load_showo_t2i to decode images")
-        codes = tokens.to(self.vq.quantize.embedding.device, torch.long).reshape(-1, *self.grid_shape)
-        pixels = self.vq.decode(codes)
-        return ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return decode_pixels(self.vq, tokens, self.grid_shape)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def decode_pixels(vq: MagvitV2Decoder, tokens: torch.Tensor, grid_shape: tuple[int, int]) -> np.ndarray:
+    """(B, N) codes -> (B, H, W, 3) RGB uint8 ([-1, 1] -> [0, 255], rounded), on the decoder's device."""
+    codes = tokens.to(vq.quantize.embedding.device, torch.long).reshape(-1, *grid_shape)
+    with torch.no_grad():
+        pixels = vq.decode(codes)
+    return ((pixels.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, layout: ShowoReleaseConfig) -> None:
@@ -199,7 +208,7 @@ def load_showo_t2i(model_dir: str | Path, vq_dir: str | Path | None, tokenizer_d
         raise ValueError(f"release {str(model_path)!r} generates {layout.num_vq_tokens} image tokens; resolution "
                          f"{resolution} needs {layout.image_tokens(resolution)}")
     tokenizer = load_showo_tokenizer(tokenizer_dir, layout)
-    vq = None if vq_dir is None else MagvitV2Decoder.from_release(_vq_weights(vq_dir), vq_config).to(device)
+    vq = None if vq_dir is None else MagvitV2Decoder.from_release(vq_weights_file(vq_dir), vq_config).to(device)
     lm = load_showo_release(model_path, dtype, device)
     return ShowoT2IPolicy(lm, tokenizer, layout, resolution, vq).eval()
 
@@ -213,7 +222,7 @@ def _require(directory: str | Path, what: str, file: str) -> Path:
     return path
 
 
-def _vq_weights(vq_dir: str | Path) -> Path:
+def vq_weights_file(vq_dir: str | Path) -> Path:
     """The one .safetensors file of the MAGVIT-v2 release directory."""
     path = Path(vq_dir).expanduser()
     if not path.is_dir():
@@ -228,3 +237,57 @@ def _vq_weights(vq_dir: str | Path) -> Path:
         raise FileNotFoundError(f"VQ directory {str(path)!r} has no .safetensors weights{found}; convert the "
                                 f"release's .bin once with `{CONVERT_HINT}` and keep the result there")
     return files[0]
+
+
+# -- the release as a maskrl checkpoint: a reference to its directories, nothing converted ------------
+RELEASE_FORMAT = "maskrl-showo-release/1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ShowoReleaseDirs:
+    """Where an official Show-o release lies on local disk (the `model` config keys of a Show-o run)."""
+    model_dir: str  # showlab/show-o or show-o-512x512: config.json + safetensors
+    vq_dir: str  # showlab/magvitv2: one .safetensors file
+    tokenizer_dir: str  # microsoft/phi-1_5: tokenizer.json, tokenizer_config.json
+    resolution: int = 256
+    dtype: str = "float32"  # bfloat16 on GPUs
+    vq_config: dict | None = None  # MagvitV2Config fields; None: the release's architecture (others: tests)
+
+    def vq_architecture(self) -> MagvitV2Config:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in (self.vq_config or {}).items()}
+        return MagvitV2Config(**fields)
+
+
+def write_release_reference(dirs: ShowoReleaseDirs, out: str | Path) -> Path:
+    """A checkpoint directory that names the release's directories (absolute paths): what every
+    worker loads with `maskrl.models.load_policy`. Each directory is checked here, named when missing."""
+    for key, what, file in (("model_dir", "Show-o model", "config.json"), ("tokenizer_dir", "tokenizer", TOKENIZER_FILE)):
+        _require(getattr(dirs, key), f"{what} (model.{key})", file)
+    vq_weights_file(dirs.vq_dir)
+    if dirs.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dirs.dtype!r} is not one of {sorted(DTYPES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    absolute = {k: str(Path(v).expanduser().resolve()) for k, v in asdict(dirs).items() if k.endswith("_dir")}
+    (out / "config.json").write_text(json.dumps({"format": RELEASE_FORMAT, **asdict(dirs), **absolute}, indent=2))
+    return out
+
+
+def load_release_reference(path: Path, meta: dict, device="cpu") -> ShowoT2IPolicy:
+    """The policy a release reference names (a relative model_dir lies inside the checkpoint: full fine-tuning)."""
+    dirs = ShowoReleaseDirs(**{k: meta[k] for k in ShowoReleaseDirs.__dataclass_fields__})
+    policy = load_showo_t2i(path / dirs.model_dir, dirs.vq_dir, dirs.tokenizer_dir, dirs.resolution, DTYPES[dirs.dtype], device,
+                            vq_config=dirs.vq_architecture())
+    policy.release = replace(dirs, model_dir=str((path / dirs.model_dir).resolve()))
+    return policy
+
+
+def save_release_weights(policy: ShowoT2IPolicy, out: Path) -> dict:
+    """Full fine-tuning: the weights in the release's own layout under `model/` (its config.json
+    and `showo.`-prefixed safetensors), so the checkpoint loads as any release does."""
+    model = out / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(policy.release.model_dir) / "config.json", model / "config.json")
+    save_file({PREFIX + k: v.detach().contiguous() for k, v in policy.lm.state_dict().items()}, model / "pytorch_model.safetensors")
+    return {"format": RELEASE_FORMAT, **asdict(replace(policy.release, model_dir="model"))}

@@ -1,73 +1,31 @@
 """Show-o text-to-image policy: Show-o's sequence layout and omni-attention, codebook logits, decoding,
 and the loader's checks, on a tiny release faked in the official directory layouts."""
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PhiForCausalLM, PreTrainedTokenizerFast
+from transformers import PhiForCausalLM
 
 from maskrl.grpo import score_pairs
 from maskrl.iteration import rollout_groups
-from maskrl.models.magvit2 import MagvitV2Config, MagvitV2Decoder
 from maskrl.models.policy import Guidance, MaskedPolicy
 from maskrl.models.showo_release import ShowoReleaseConfig, phi_config
-from maskrl.models.showo_t2i import ShowoT2IPolicy, load_showo_t2i, load_showo_tokenizer
+from maskrl.models.lora import LoraConfig, for_training, trainable_state
+from maskrl.models.showo_t2i import ShowoReleaseDirs, ShowoT2IPolicy, load_showo_t2i, load_showo_tokenizer, write_release_reference
+from maskrl.models.store import image_decoder, load_policy, save_policy
 from maskrl.sampling import SamplingConfig
 from maskrl.schedule import MaskRounding, masked_counts
+from tests.fake_showo import TINY_LAYOUT, TINY_LLM, TINY_VQ, fake_showo_release, tokenizer_dir
 
-EOT = "<|endoftext|>"  # Phi-1.5's bos = eos
-TINY_LAYOUT = ShowoReleaseConfig(llm_vocab_size=257, num_vq_tokens=16)  # 256 bytes + <|endoftext|>; 64 px
-TINY_LLM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "hidden_act": "gelu_new", "partial_rotary_factor": 0.5, "max_position_embeddings": 160}
-TINY_VQ = MagvitV2Config(ch=8, num_res_blocks=(1, 1, 1, 1, 1), norm_groups=4)  # 8,192 codes, 16 px each
 PAD, SOI, EOI, T2I = 257, 258, 259, 262  # TINY_LAYOUT's [PAD] <|soi|> <|eoi|> <|t2i|>
 TEXT, L = 129, 147  # text slots (max_seq_length 128 + <|t2i|>); + <|soi|> 16 <|eoi|>
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2's byte -> printable character map (Phi-1.5's tokenizer is a byte-level BPE), by byte value."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def _tokenizer_dir(directory: Path, vocab_size: int, eot_id: int) -> Path:
-    """A byte-level BPE tokenizer directory like microsoft/phi-1_5's: byte b is id b, <|endoftext|> at eot_id."""
-    chars = _byte_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({f"<filler{i}>": i for i in range(256, vocab_size) if i != eot_id})
-    vocab[EOT] = eot_id
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens([EOT])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=EOT, eos_token=EOT, unk_token=EOT)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> dict[str, Path]:
-    """model / vq / tokenizer directories as released, at 64 px (a 4 x 4 grid), from seeded random weights."""
-    root = tmp_path_factory.mktemp("showo_t2i")
-    llm, model, vq = root / "phi-tiny", root / "show-o-tiny", root / "magvitv2-tiny"
-    for d in (llm, model, vq):
-        d.mkdir()
-    (llm / "config.json").write_text(json.dumps(TINY_LLM))
-    config = {"_class_name": "Showo", "_version": "0.0.1", "codebook_size": 8192, "llm_model_path": str(llm),
-              "llm_vocab_size": 257, "mask_token_id": TINY_LAYOUT.mask_token_id, "num_vq_tokens": 16,
-              "vocab_size": TINY_LAYOUT.vocab_size, "w_clip_vit": False}
-    (model / "config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    lm = PhiForCausalLM(phi_config(config))
-    save_file({"showo." + k: v.contiguous() for k, v in lm.state_dict().items()}, model / "pytorch_model.safetensors")
-    (vq / "config.json").write_text("{}")
-    save_file(MagvitV2Decoder(TINY_VQ).state_dict(), vq / "pytorch_model.safetensors")
-    return {"model": model, "vq": vq, "tokenizer": _tokenizer_dir(root / "phi-tok", 257, 256)}
+    return fake_showo_release(tmp_path_factory.mktemp("showo_t2i"))
 
 
 def _load(release, **kw) -> ShowoT2IPolicy:
@@ -221,7 +179,7 @@ def test_missing_directories_and_files_are_named(release, tmp_path):
 def test_resolution_and_tokenizer_must_fit_the_release(release, tmp_path):
     with pytest.raises(ValueError, match="generates 16 image tokens; resolution 128 needs 64"):
         _load(release, resolution=128)
-    wrong = _tokenizer_dir(tmp_path / "tok", 258, 256)  # one text token too many
+    wrong = tokenizer_dir(tmp_path / "tok", 258, 256)  # one text token too many
     with pytest.raises(ValueError, match=r"'\[PAD\]': 258.*Show-o's layout needs \{'\[PAD\]': 257"):
         _load(release, tokenizer_dir=wrong)
 
@@ -230,11 +188,11 @@ def test_resolution_and_tokenizer_must_fit_the_release(release, tmp_path):
 def test_full_size_layout(tmp_path, resolution, tokens, length):
     """The real vocabulary (Phi-1.5: 50,295 ids, <|endoftext|> = 50256) on a meta-device LM, no weights."""
     layout = ShowoReleaseConfig(num_vq_tokens=tokens)
-    tokenizer_dir = _tokenizer_dir(tmp_path, 50295, 50256)
+    directory = tokenizer_dir(tmp_path, 50295, 50256)
     with torch.device("meta"):
         lm = PhiForCausalLM(phi_config({"llm_model_path": "microsoft/phi-1_5", "llm_vocab_size": 50295,
                                         "codebook_size": 8192, "num_vq_tokens": tokens, "vocab_size": 58498}))
-    policy = ShowoT2IPolicy(lm, load_showo_tokenizer(tokenizer_dir, layout), layout, resolution)
+    policy = ShowoT2IPolicy(lm, load_showo_tokenizer(directory, layout), layout, resolution)
     side = resolution // 16
     assert (policy.num_image_tokens, policy.grid_shape, policy.mask_code) == (tokens, (side, side), 8192)
     assert policy.seq_len == length
@@ -260,3 +218,37 @@ def test_maskrl_samples_and_scores_show_o_with_its_preset(policy, variant):
         recomputed, _ = score_pairs(policy, batch, traj, step, sampling)
     torch.testing.assert_close(recomputed, batch.behaviour(traj, step), atol=1e-5, rtol=0)
     assert policy.decode_images(batch.tokens).shape == (4, 64, 64, 3)
+
+
+def test_release_reference_loads_trains_with_lora_and_saves_as_maskrl_checkpoints(release, policy, tmp_path):
+    """A Show-o run's starting checkpoint names the release directories (nothing converted); LoRA
+    checkpoints hold only adapters on top of it, full fine-tuning ones the release layout; reward
+    workers decode through the reference without the policy."""
+    dirs = ShowoReleaseDirs(str(release["model"]), str(release["vq"]), str(release["tokenizer"]), resolution=64,
+                            vq_config=dataclasses.asdict(TINY_VQ))
+    ref = write_release_reference(dirs, tmp_path / "ref")
+    loaded = load_policy(ref)
+    state = _state(0)
+    text = loaded.encode_prompts(["a corgi", "two cats"])
+    torch.testing.assert_close(loaded(text, state), policy(text, state))
+    tokens = torch.randint(0, 8192, (2, 16), generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(image_decoder(ref)(tokens), policy.decode_images(tokens))
+
+    adapted = for_training(load_policy(ref), LoraConfig(rank=2), ref)
+    with torch.no_grad():
+        for k, v in trainable_state(adapted).items():
+            v.normal_(0, 0.1)
+    out = save_policy(adapted, tmp_path / "lora")
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "config.json"]
+    torch.testing.assert_close(load_policy(out)(text, state), adapted(text, state))
+    np.testing.assert_array_equal(image_decoder(out)(tokens), policy.decode_images(tokens))
+
+    full = load_policy(ref)
+    with torch.no_grad():
+        full.lm.lm_head.bias.add_(0.5)
+    saved = save_policy(full, tmp_path / "full")
+    assert (saved / "model" / "pytorch_model.safetensors").is_file()
+    torch.testing.assert_close(load_policy(saved)(text, state), full(text, state))
+
+    with pytest.raises(FileNotFoundError, match=r"tokenizer \(model.tokenizer_dir\)"):
+        write_release_reference(dataclasses.replace(dirs, tokenizer_dir=str(tmp_path / "nowhere")), tmp_path / "bad")

@@ -7,12 +7,15 @@ import typing
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from maskrl.cli import main
 from maskrl.config import ConfigError
 from maskrl.train_config import TrainConfig, check_train_config, load_train_config
 from maskrl.models import save_policy
+from maskrl.models.showo_t2i import ShowoReleaseDirs, write_release_reference
 from maskrl.world import read_png
+from tests.fake_showo import TINY_VQ, fake_showo_release
 
 
 @pytest.fixture
@@ -140,3 +143,29 @@ def test_a_recipe_names_its_base_and_states_only_what_differs(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_train_config(tmp_path / "c.yaml")
+
+
+def test_generate_with_a_show_o_release_takes_free_text_and_writes_rgb(tmp_path, capsys):
+    release = fake_showo_release(tmp_path)
+    # the command writes the release reference; the tiny fake's VQ is not the release architecture, so
+    # the test writes its reference in Python too, naming that architecture
+    assert main(["showo-checkpoint", str(tmp_path / "cli_ref"), "--model-dir", str(release["model"]), "--vq-dir",
+                 str(release["vq"]), "--tokenizer-dir", str(release["tokenizer"]), "--resolution", "64"]) == 0
+    assert json.loads((tmp_path / "cli_ref" / "config.json").read_text())["format"] == "maskrl-showo-release/1"
+    ref = write_release_reference(ShowoReleaseDirs(str(release["model"]), str(release["vq"]), str(release["tokenizer"]),
+                                                   64, vq_config=dataclasses.asdict(TINY_VQ)), tmp_path / "ref")
+    prompts = tmp_path / "free.txt"
+    prompts.write_text("A corgi wearing sunglasses, studio light.\ntwo cats on a sofa\n")
+    out = tmp_path / "images"
+    assert main(["generate", "--checkpoint", str(ref), "--prompts", str(prompts), "--out", str(out), "--steps", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000_0.png", "00001_0.png"]
+    assert np.asarray(Image.open(out / "00001_0.png")).shape == (64, 64, 3)
+
+    prompts.write_text("a cat\n" + "word " * 200 + "\n")
+    assert main(["generate", "--checkpoint", str(ref), "--prompts", str(prompts), "--out", str(out)]) == 2
+    assert f"{prompts}:2: prompt 'word word" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(ref), "--prompts", str(prompts)]) == 2
+    assert "not a ShapesWorld policy" in capsys.readouterr().err
+    assert main(["showo-checkpoint", str(tmp_path / "bad"), "--model-dir", str(tmp_path / "nowhere"), "--vq-dir",
+                 str(release["vq"]), "--tokenizer-dir", str(release["tokenizer"])]) == 2
+    assert "Show-o model (model.model_dir) directory" in capsys.readouterr().err
