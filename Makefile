@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install run test test-slow bench gpu-check clean
 
 # -qq: pip's errors only (the machine's extra indexes make pip warn about every project they lack)
 $(STAMP): setup.cfg pyproject.toml
@@ -31,6 +31,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# one table of a full-size random-init Show-o 512 on one GPU (bench/gpu_check.py; --tiny on CPU)
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -36,22 +36,24 @@ from actors.runstate import EVENTS_FILE, DriverState, EventLog
 from actors.runtime import Runtime, connect
 from maskrl.checkpoints import resolve_checkpoint
 from maskrl.config import ConfigError, to_yaml
-from maskrl.evaluation import held_out_prompts
 from maskrl.grids import write_grid
 from maskrl.iteration import PromptStream
 from maskrl.metrics import MetricsLogger, read_metrics, summary_line
+from maskrl.run_model import Family, as_started, check_run_files, prompt_stream
+from maskrl.run_model import grid_prompts as run_grid_prompts
 from maskrl.train_config import TrainConfig, check_train_config
 
 # -- input checks: everything here runs before Ray is joined or any actor is created -------------
 def validate(cfg: TrainConfig, resume: bool = False) -> None:
     """The whole config, the starting checkpoint, the run directory and the pools' shapes."""
     check_train_config(cfg)
-    start = resolve_checkpoint(cfg.checkpoint).resolve()  # FileNotFoundError naming it
+    check_run_files(cfg)  # FileNotFoundError naming the checkpoint, a release directory or the prompt file
+    start = resolve_checkpoint(cfg.checkpoint).resolve() if cfg.model.family == Family.maskrl else None
     validate_out(Path(cfg.out), start, resume)
     pool_layout(cfg.cluster)  # PoolError naming the pool
 
 
-def validate_out(out: Path, start: Path, resume: bool) -> None:
+def validate_out(out: Path, start: Path | None, resume: bool) -> None:
     """The run directory: a directory we may write, and never one whose clearing (a fresh run
     replaces an older run's outputs there) would delete the checkpoint the run starts from."""
     if out.exists() and not out.is_dir():
@@ -59,7 +61,7 @@ def validate_out(out: Path, start: Path, resume: bool) -> None:
     parent = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"config key 'out': cannot write under {str(parent)!r}")
-    if not resume and start.is_relative_to((out / "checkpoints").resolve()):
+    if not resume and start is not None and start.is_relative_to((out / "checkpoints").resolve()):
         raise ConfigError(
             f"config key 'checkpoint': {str(start)!r} lies inside the run directory 'out' ({str(out)!r}), whose "
             "checkpoints a fresh run clears; pass --resume to continue that run, or choose another out"
@@ -105,6 +107,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     events = EventLog(run)
     state = DriverState.read(run, events) if resume else None
     (run / "config.yaml").write_text(to_yaml(cfg))
+    cfg = as_started(cfg)
     started_ray, dashboard = connect(cfg.cluster)
     try:
         for recoveries in range(cfg.cluster.max_recoveries + 1):
@@ -148,26 +151,26 @@ def _train_from(
     start = state.iteration if state else 0
     policy_dir = state.checkpoint if state else str(resolve_checkpoint(cfg.checkpoint))
     optimizer_dir = str(Path(state.checkpoint) / "optimizer") if state else None
-    stream = PromptStream(cfg.seed, cfg.category_weights, position=state.stream_position if state else 0,
-                          pool=cfg.prompt_pool)
+    stream = prompt_stream(cfg, position=state.stream_position if state else 0)
     # rows logged after the point we continue from belong to iterations that are about to be redone
     kept = [m for m in read_metrics(run) if m["iteration"] <= start]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
     rt = Runtime(cfg, policy_dir, start, optimizer_dir, events, fail_fast)
     log = MetricsLogger(run, sinks=(RayMetricsSink(run.name),))
     try:
-        grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
+        grid_prompts = run_grid_prompts(cfg)
         (run / "grids").mkdir(exist_ok=True)
         (run / "grids" / "prompts.txt").write_text("\n".join(grid_prompts) + "\n")
         base = {k: v for m in kept if m["iteration"] == 0 for k, v in m.items() if k.startswith("eval/")}
         if not any(m["iteration"] == 0 for m in kept):
-            base = rt.evaluate() if cfg.eval.before else {}
+            base = rt.evaluate() if cfg.eval.before and cfg.eval.prompts else {}
             log.log(0, base)
         if not (run / "grids" / "iter_00000.png").exists():
             log.image(0, "samples", write_grid(grid_prompts, rt.sample_grid(grid_prompts, 4), run / "grids" / "iter_00000.png"))
         if dashboard:
             tqdm.write(f"ray dashboard: http://{dashboard}")
-        tqdm.write(f"base held-out ShapesEval: {base.get('eval/overall', float('nan')):.3f}")
+        if cfg.eval.prompts:
+            tqdm.write(f"base held-out ShapesEval: {base.get('eval/overall', float('nan')):.3f}")
         metrics, last = _loop(cfg, run, rt, stream, start, log, grid_prompts, stop_after, after_dispatch)
     except LearnerLost as err:
         err.iteration = rt.iteration
@@ -212,7 +215,7 @@ def _loop(
         if not asynchronous and it < cfg.iterations:
             ahead = dispatch(it + 1)
         metrics["time/iteration"] = time.perf_counter() - t0
-        if (cfg.eval.every and it % cfg.eval.every == 0) or it == cfg.iterations:
+        if cfg.eval.prompts and ((cfg.eval.every and it % cfg.eval.every == 0) or it == cfg.iterations):
             metrics.update(rt.evaluate())
         if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:
             log.image(it, "samples", write_grid(grid_prompts, rt.sample_grid(grid_prompts, 4), run / "grids" / f"iter_{it:05d}.png"))

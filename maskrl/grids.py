@@ -1,5 +1,5 @@
-"""Sample grids a person can read: each row one held-out prompt (its text above it), each
-image captioned with its rule reward and whether it passes ShapesEval."""
+"""Sample grids a person can read: each row one prompt (its text above it), then its images.
+ShapesWorld's images are captioned with their rule reward and whether they pass ShapesEval."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,9 +35,24 @@ def captioned_grid(prompts: list[str], grids: np.ndarray, scale: int = 6) -> np.
     return np.asarray(canvas)
 
 
-def write_grid(prompts: list[str], grids: np.ndarray, path: Path) -> np.ndarray:
-    """Write the captioned grid as a PNG; returns it (for TensorBoard)."""
-    image = captioned_grid(prompts, grids)
+def rgb_grid(prompts: list[str], images: np.ndarray) -> np.ndarray:
+    """(prompts, samples, H, W, 3) RGB images -> (H', W', 3) uint8: a prompt line, then its images."""
+    n, samples, h, w = images.shape[:4]
+    width = max(samples * (w + GUTTER) + GUTTER, 6 * max(map(len, prompts)) + 2 * GUTTER)
+    row_h = TEXT_H + h + GUTTER
+    canvas = Image.new("RGB", (width, n * row_h + GUTTER), (BACKGROUND,) * 3)
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for i, text in enumerate(prompts):
+        top = GUTTER + i * row_h
+        draw.text((GUTTER, top), text, fill=TEXT_RGB, font=font)
+        for k in range(samples):
+            canvas.paste(Image.fromarray(images[i, k]), (GUTTER + k * (w + GUTTER), top + TEXT_H))
+    return np.asarray(canvas)
+
+
+def write_grid(prompts: list[str], images: np.ndarray, path: Path) -> np.ndarray:
+    """Write the grid as a PNG (captioned ShapesWorld palette grids, or RGB images); returns it (for TensorBoard)."""
+    image = rgb_grid(prompts, images) if images.ndim == 5 else captioned_grid(prompts, images)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
     return image

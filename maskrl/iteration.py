@@ -19,18 +19,27 @@ from maskrl.world import PromptSampler
 class PromptStream:
     """Prompt i of a run is a pure function of (seed, i): resuming at a position continues exactly.
 
-    `pool` > 0 cycles through the stream's first `pool` prompts instead (prompt i is prompt
-    i % pool): a run on a handful of prompts, to check that the RL can fit them at all."""
+    The prompts are ShapesWorld's (drawn from its grammar), or `texts` (a prompt file), taken in a
+    fresh seeded order every pass over them. `pool` > 0 cycles through the stream's first `pool`
+    prompts instead (prompt i is prompt i % pool): a run on a handful of prompts, to check that the
+    RL can fit them at all."""
 
-    def __init__(self, seed: int, weights: dict[str, float] | None = None, position: int = 0, pool: int = 0):
-        self.seed, self.position, self.pool, self._sampler = seed, position, pool, PromptSampler(weights)
+    def __init__(self, seed: int, weights: dict[str, float] | None = None, position: int = 0, pool: int = 0,
+                 texts: list[str] | None = None):
+        self.seed, self.position, self.pool, self.texts = seed, position, pool, texts
+        self._sampler = PromptSampler(weights)
 
     def take(self, n: int) -> list[tuple[int, str]]:
         """The next n (stream index, prompt text) pairs."""
-        key = (lambda i: i % self.pool) if self.pool else (lambda i: i)
-        out = [(i, self._sampler.sample(np.random.default_rng([self.seed, key(i)])).text) for i in range(self.position, self.position + n)]
+        out = [(i, self._prompt(i % self.pool if self.pool else i)) for i in range(self.position, self.position + n)]
         self.position += n
         return out
+
+    def _prompt(self, i: int) -> str:
+        if self.texts is None:
+            return self._sampler.sample(np.random.default_rng([self.seed, i])).text
+        passes, at = divmod(i, len(self.texts))
+        return self.texts[np.random.default_rng([self.seed, passes]).permutation(len(self.texts))[at]]
 
 
 def rollout_groups(

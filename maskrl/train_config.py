@@ -8,6 +8,7 @@ from maskrl.cluster_config import ClusterConfig, LearnerConfig, PoolConfig  # no
 from maskrl.config import ConfigError, check_choices, load_config
 from maskrl.grpo import GRPOConfig, check_grpo
 from maskrl.models.lora import LoraConfig, check_lora
+from maskrl.run_model import ModelConfig, check_run_model
 from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig, check_sampling
 
@@ -25,7 +26,9 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    checkpoint: str = "base"
+    checkpoint: str = "base"  # a maskrl checkpoint directory, or `base`; a real model: the `model` keys
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts_file: str = ""  # free-text prompts, one a line (a real model's run); empty: ShapesWorld's stream
     out: str = "runs/train"
     iterations: int = 20
     seed: int = 0
@@ -60,6 +63,7 @@ def check_train_config(cfg: TrainConfig) -> None:
                        ("grpo.prompts_per_iter", cfg.grpo.prompts_per_iter), ("checkpoint_every", cfg.checkpoint_every)):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    check_run_model(cfg)
     if cfg.prompt_pool < 0:
         raise ConfigError(f"config key 'prompt_pool': must be 0 (the endless stream) or a prompt count, got {cfg.prompt_pool}")
     try:

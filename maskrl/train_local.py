@@ -12,41 +12,44 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from maskrl.checkpoints import resolve_checkpoint
 from maskrl.config import to_yaml
-from maskrl.evaluation import eval_metrics, generate, held_out_prompts, load_checkpoint
+from maskrl.evaluation import eval_metrics, generate, load_checkpoint
 from maskrl.grids import write_grid
 from maskrl.grpo import grpo_update
 from maskrl.grpo.optim import adamw_step, make_optimizer
-from maskrl.iteration import PromptStream, prepare, rollout_groups, score
+from maskrl.iteration import prepare, rollout_groups, score
 from maskrl.metrics import MetricsLogger, summary_line
 from maskrl.models import save_policy
 from maskrl.models.lora import for_training
 from maskrl.rewards import build_reward
+from maskrl.run_model import as_started, check_run_files, prompt_stream
+from maskrl.run_model import grid_prompts as run_grid_prompts
 from maskrl.train_config import TrainConfig, check_train_config
 
 
 def train_local(cfg: TrainConfig) -> Path:
     check_train_config(cfg)
+    check_run_files(cfg)
     torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(to_yaml(cfg))
-    policy = for_training(load_checkpoint(cfg.checkpoint), cfg.lora, resolve_checkpoint(cfg.checkpoint))
+    cfg = as_started(cfg)
+    policy = for_training(load_checkpoint(cfg.checkpoint), cfg.lora, cfg.checkpoint)
     reference = load_checkpoint(cfg.checkpoint) if (cfg.grpo.kl_coef or cfg.track_kl) else None
     if reference is not None:
         reference.requires_grad_(False)
     optim, sched = make_optimizer(policy, cfg.grpo, cfg.iterations)
-    reward, stream = build_reward(cfg.reward), PromptStream(cfg.seed, cfg.category_weights, pool=cfg.prompt_pool)
+    reward, stream = build_reward(cfg.reward), prompt_stream(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     log = MetricsLogger(run)
-    grid_prompts = [p.text for p in held_out_prompts(6, cfg.eval.seed)]
+    grid_prompts = run_grid_prompts(cfg)
 
     def grid(it: int) -> None:
         images = generate(policy, grid_prompts, 4, cfg.eval.sampling, cfg.eval.seed)
         log.image(it, "samples", write_grid(grid_prompts, images, run / "grids" / f"iter_{it:05d}.png"))
 
-    base = eval_metrics(policy, cfg.eval) if cfg.eval.before else {}
+    base = eval_metrics(policy, cfg.eval) if cfg.eval.before and cfg.eval.prompts else {}
     log.log(0, base)
     grid(0)
     for it in tqdm(range(1, cfg.iterations + 1), desc="mask-grpo", dynamic_ncols=True):
@@ -62,7 +65,7 @@ def train_local(cfg: TrainConfig) -> Path:
             metrics.update({f"loss/{k}": v for k, v in update.items()})
         sched.step()
         metrics["time/iteration"] = time.time() - start
-        if it == cfg.iterations or (cfg.eval.every and it % cfg.eval.every == 0):
+        if cfg.eval.prompts and (it == cfg.iterations or (cfg.eval.every and it % cfg.eval.every == 0)):
             metrics.update(eval_metrics(policy, cfg.eval))
         log.log(it, metrics)
         if (cfg.grid_every and it % cfg.grid_every == 0) or it == cfg.iterations:

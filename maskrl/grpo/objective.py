@@ -37,6 +37,11 @@ class Ratio(StrEnum):
 RATIOS = tuple(Ratio)
 
 
+class Optimizer(StrEnum):
+    adamw = "adamw"
+    sgd = "sgd"  # steps in proportion to the gradient: no per-parameter normalisation of noisy coordinates
+
+
 @dataclass
 class GRPOConfig:
     group_size: int = 8  # rollouts per prompt
@@ -44,7 +49,9 @@ class GRPOConfig:
     steps_per_traj: int = 4  # K random unmasking steps per trajectory enter the loss
     epochs: int = 2  # optimisation epochs per batch
     minibatch_pairs: int = 128  # (trajectory, step) pairs per optimiser step
+    optimizer: Optimizer = Optimizer.adamw
     lr: float = 3e-5
+    momentum: float = 0.0  # sgd only
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.02
     warmup_iters: int = 0  # the first warm-up iteration runs at lr 0

@@ -1,4 +1,4 @@
-"""The Mask-GRPO optimiser (AdamW, cosine schedule with warm-up and a floor) and its plain
+"""The Mask-GRPO optimiser (AdamW or SGD, cosine schedule with warm-up and a floor) and its plain
 single-process step; the Ray learner hands the same optimiser to DeepSpeed."""
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from maskrl.grpo.objective import GRPOConfig
 
 
 def make_optimizer(policy: torch.nn.Module, g: GRPOConfig, iterations: int):
-    """(AdamW over the policy's trainable parameters (only the adapters under LoRA), its
-    per-iteration learning-rate schedule)."""
+    """(The configured optimiser (AdamW, or SGD) over the policy's trainable parameters (only the
+    adapters under LoRA), its per-iteration learning-rate schedule)."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
+    if g.optimizer == "sgd":
+        optim = torch.optim.SGD(params, lr=g.lr, momentum=g.momentum, weight_decay=g.weight_decay)
+    else:
+        optim = torch.optim.AdamW(params, lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
     sched = get_cosine_with_min_lr_schedule_with_warmup(optim, g.warmup_iters, iterations, min_lr_rate=g.min_lr_ratio)
     return optim, sched
 

@@ -160,8 +160,11 @@ def _llm_architecture(llm_model_path: str) -> dict:
 
 def phi_config(release_config: dict) -> PhiConfig:
     """The PhiConfig of a release: its LLM's sizes, the unified vocabulary, q/k LayerNorm as Show-o forces."""
-    layout = ShowoReleaseConfig.from_release(release_config)
-    llm = _llm_architecture(release_config["llm_model_path"])
+    return showo_phi_config(_llm_architecture(release_config["llm_model_path"]), ShowoReleaseConfig.from_release(release_config))
+
+
+def showo_phi_config(llm: dict, layout: ShowoReleaseConfig) -> PhiConfig:
+    """Phi of the sizes `llm`, over Show-o's unified vocabulary, with q/k LayerNorm."""
     return PhiConfig(**{**llm, "vocab_size": layout.vocab_size, "qk_layernorm": True, "use_cache": False,
                         "attn_implementation": "sdpa"})
 

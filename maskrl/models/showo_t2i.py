@@ -226,7 +226,7 @@ def vq_weights_file(vq_dir: str | Path) -> Path:
     """The one .safetensors file of the MAGVIT-v2 release directory."""
     path = Path(vq_dir).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"VQ directory {str(path)!r} does not exist (expected one holding the "
+        raise FileNotFoundError(f"VQ (model.vq_dir) directory {str(path)!r} does not exist (expected one holding the "
                                 f"showlab/magvitv2 weights as a .safetensors file)")
     files = sorted(path.glob("*.safetensors"))
     if len(files) > 1:
@@ -234,7 +234,7 @@ def vq_weights_file(vq_dir: str | Path) -> Path:
     if not files:
         pickles = sorted(p.name for p in path.glob("*.bin"))
         found = f" (found {', '.join(pickles)})" if pickles else ""
-        raise FileNotFoundError(f"VQ directory {str(path)!r} has no .safetensors weights{found}; convert the "
+        raise FileNotFoundError(f"VQ (model.vq_dir) directory {str(path)!r} has no .safetensors weights{found}; convert the "
                                 f"release's .bin once with `{CONVERT_HINT}` and keep the result there")
     return files[0]
 
@@ -259,14 +259,19 @@ class ShowoReleaseDirs:
         return MagvitV2Config(**fields)
 
 
-def write_release_reference(dirs: ShowoReleaseDirs, out: str | Path) -> Path:
-    """A checkpoint directory that names the release's directories (absolute paths): what every
-    worker loads with `maskrl.models.load_policy`. Each directory is checked here, named when missing."""
+def check_release_dirs(dirs: ShowoReleaseDirs) -> None:
+    """Each directory holds what it must (cheap: nothing is loaded); errors name the config key."""
     for key, what, file in (("model_dir", "Show-o model", "config.json"), ("tokenizer_dir", "tokenizer", TOKENIZER_FILE)):
         _require(getattr(dirs, key), f"{what} (model.{key})", file)
     vq_weights_file(dirs.vq_dir)
     if dirs.dtype not in DTYPES:
         raise ValueError(f"model.dtype={dirs.dtype!r} is not one of {sorted(DTYPES)}")
+
+
+def write_release_reference(dirs: ShowoReleaseDirs, out: str | Path) -> Path:
+    """A checkpoint directory that names the release's directories (absolute paths): what every
+    worker loads with `maskrl.models.load_policy`."""
+    check_release_dirs(dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     absolute = {k: str(Path(v).expanduser().resolve()) for k, v in asdict(dirs).items() if k.endswith("_dir")}

@@ -1,7 +1,7 @@
 """The reward interface, the registry of rewards, and the config that selects one.
 
-A reward takes a batch of decoded ShapesWorld images ((B, 16, 16) palette grids) and their
-prompts, and returns one float per image plus optional named components for logging:
+A reward takes a batch of decoded images (ShapesWorld's (B, 16, 16) palette grids, or a real
+model's (B, H, W, 3) RGB images) and their prompts, and returns one float per image plus optional named components for logging:
 
     reward = build_reward("clip_score", arch="ViT-B-32", checkpoint="/models/vit-b-32.safetensors")
     out = reward(images, prompts)          # RewardOutput(scores (B,), components {name: (B,)})
@@ -61,11 +61,14 @@ class Reward(Protocol):
         """(B, 16, 16) palette grids and their prompts -> one score per image."""
 
 
-def check_batch(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    """The images as a (B, 16, 16) uint8 array, checked against the prompts."""
+def check_batch(images: np.ndarray, prompts: list[str], palette_only: bool = False) -> np.ndarray:
+    """The images as a uint8 array, checked against the prompts: ShapesWorld's (B, 16, 16) palette
+    grids, or (unless `palette_only`) a real model's (B, H, W, 3) RGB images."""
     images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != (16, 16):
-        raise ValueError(f"a reward takes (B, 16, 16) palette grids, got an array of shape {images.shape}")
+    rgb = images.ndim == 4 and images.shape[-1] == 3 and not palette_only
+    if not rgb and (images.ndim != 3 or images.shape[1:] != (16, 16)):
+        kinds = "(B, 16, 16) palette grids" + ("" if palette_only else " or (B, H, W, 3) RGB images")
+        raise ValueError(f"this reward takes {kinds}, got an array of shape {images.shape}")
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     return images.astype(np.uint8, copy=False)
@@ -134,12 +137,19 @@ def available_rewards() -> list[str]:
 
 
 def reward_class(name: str) -> type:
-    if name not in _REGISTRY:
-        raise ConfigError(f"config key 'name': unknown reward {name!r}; available: {available_rewards()}")
-    target = _REGISTRY[name]
+    """The class of a registered reward, or of a plug-in named "module:Class" (importable wherever
+    the reward workers run, e.g. shipped in the reward's runtime_env): no registration needed."""
+    if name not in _REGISTRY and ":" not in name:
+        raise ConfigError(f"config key 'name': unknown reward {name!r}; available: {available_rewards()}, "
+                          "or a plug-in as 'module:Class'")
+    target = _REGISTRY.get(name, name)
     if isinstance(target, str):
         module, _, attr = target.partition(":")
-        target = _REGISTRY[name] = getattr(importlib.import_module(module), attr)
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"config key 'name': reward {name!r} cannot be imported: {err}") from None
+        _REGISTRY[name] = target
     return target
 
 

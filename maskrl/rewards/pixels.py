@@ -34,7 +34,10 @@ def render_scale(side: int) -> int:
 
 
 def to_pil(images: np.ndarray, side: int) -> list[Image.Image]:
-    """(B, 16, 16) palette grids -> B RGB PIL images of side 16 * ceil(side / 16)."""
+    """(B, 16, 16) palette grids -> B RGB PIL images of side 16 * ceil(side / 16); a real model's
+    (B, H, W, 3) RGB images as they are (the reward's transform resizes them)."""
+    if np.asarray(images).ndim == 4:
+        return [Image.fromarray(np.asarray(img, dtype=np.uint8)) for img in images]
     scale = render_scale(side)
     return [Image.fromarray(to_rgb(grid, scale)) for grid in images]
 
@@ -47,9 +50,9 @@ def normalised_pixels(images: np.ndarray, scale: int, mean, std) -> torch.Tensor
 
 
 def preprocess(images: np.ndarray, transform, side: int) -> torch.Tensor:
-    """(B, 16, 16) grids through a PIL -> tensor transform (open_clip's): (B, 3, H, W) float.
-    When the rendered grid already has the model's input size, on tensors (see the module doc)."""
+    """(B, 16, 16) grids (or (B, H, W, 3) RGB images) through a PIL -> tensor transform (open_clip's):
+    (B, 3, H, W) float. When a rendered grid already has the model's input size, on tensors (see the module doc)."""
     steps = getattr(transform, "transforms", [])
-    if steps and isinstance(steps[-1], Normalize) and GRID * render_scale(side) == side:
+    if np.asarray(images).ndim == 3 and steps and isinstance(steps[-1], Normalize) and GRID * render_scale(side) == side:
         return normalised_pixels(images, render_scale(side), steps[-1].mean, steps[-1].std)
     return torch.stack([transform(img) for img in to_pil(images, side)])

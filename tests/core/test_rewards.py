@@ -398,3 +398,16 @@ def test_non_finite_rewards_are_dropped_and_counted_by_prepare():
     assert len(prepared.batch) == 9 and torch.isfinite(prepared.batch.reward).all()
     assert prepared.metrics["reward/mean"] == pytest.approx(np.mean([v for v in values if np.isfinite(v)]))
     assert torch.isfinite(prepared.batch.advantage).all()
+
+
+def test_a_real_models_rgb_images_go_through_the_rewards_own_transform():
+    """(B, H, W, 3) RGB images (Show-o's decoded pixels) are not palette grids: each goes through the
+    open_clip transform as a PIL image, resized to the model's input."""
+    import open_clip
+
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    transform = open_clip.image_transform(32, is_train=False)
+    expected = torch.stack([transform(Image.fromarray(img)) for img in rgb])
+    torch.testing.assert_close(preprocess(rgb, transform, 32), expected)

@@ -13,11 +13,12 @@ from maskrl.iteration import rollout_groups
 from maskrl.models.policy import Guidance, MaskedPolicy
 from maskrl.models.showo_release import ShowoReleaseConfig, phi_config
 from maskrl.models.lora import LoraConfig, for_training, trainable_state
+from maskrl.models.random_showo import write_byte_tokenizer
 from maskrl.models.showo_t2i import ShowoReleaseDirs, ShowoT2IPolicy, load_showo_t2i, load_showo_tokenizer, write_release_reference
 from maskrl.models.store import image_decoder, load_policy, save_policy
 from maskrl.sampling import SamplingConfig
 from maskrl.schedule import MaskRounding, masked_counts
-from tests.fake_showo import TINY_LAYOUT, TINY_LLM, TINY_VQ, fake_showo_release, tokenizer_dir
+from tests.fake_showo import TINY_LAYOUT, TINY_LLM, TINY_VQ, fake_showo_release
 
 PAD, SOI, EOI, T2I = 257, 258, 259, 262  # TINY_LAYOUT's [PAD] <|soi|> <|eoi|> <|t2i|>
 TEXT, L = 129, 147  # text slots (max_seq_length 128 + <|t2i|>); + <|soi|> 16 <|eoi|>
@@ -163,12 +164,12 @@ def test_decode_images_gives_rgb_uint8(release, policy):
 
 
 def test_missing_directories_and_files_are_named(release, tmp_path):
-    for key, name in (("model_dir", "Show-o model directory"), ("vq_dir", "VQ directory"),
+    for key, name in (("model_dir", "Show-o model directory"), ("vq_dir", r"VQ \(model.vq_dir\) directory"),
                       ("tokenizer_dir", "tokenizer directory")):
         with pytest.raises(FileNotFoundError, match=f"{name} .*nowhere.* does not exist"):
             _load(release, **{key: tmp_path / "nowhere"})
     (tmp_path / "pytorch_model.bin").write_bytes(b"never opened")
-    with pytest.raises(FileNotFoundError, match=r"VQ directory .*no \.safetensors weights \(found pytorch_model\.bin"):
+    with pytest.raises(FileNotFoundError, match=r"VQ \(model.vq_dir\) directory .*no \.safetensors weights \(found pytorch_model\.bin"):
         _load(release, vq_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="tokenizer directory .* has no tokenizer.json"):
         _load(release, tokenizer_dir=tmp_path)
@@ -179,7 +180,7 @@ def test_missing_directories_and_files_are_named(release, tmp_path):
 def test_resolution_and_tokenizer_must_fit_the_release(release, tmp_path):
     with pytest.raises(ValueError, match="generates 16 image tokens; resolution 128 needs 64"):
         _load(release, resolution=128)
-    wrong = tokenizer_dir(tmp_path / "tok", 258, 256)  # one text token too many
+    wrong = write_byte_tokenizer(tmp_path / "tok", 258, 256)  # one text token too many
     with pytest.raises(ValueError, match=r"'\[PAD\]': 258.*Show-o's layout needs \{'\[PAD\]': 257"):
         _load(release, tokenizer_dir=wrong)
 
@@ -188,7 +189,7 @@ def test_resolution_and_tokenizer_must_fit_the_release(release, tmp_path):
 def test_full_size_layout(tmp_path, resolution, tokens, length):
     """The real vocabulary (Phi-1.5: 50,295 ids, <|endoftext|> = 50256) on a meta-device LM, no weights."""
     layout = ShowoReleaseConfig(num_vq_tokens=tokens)
-    directory = tokenizer_dir(tmp_path, 50295, 50256)
+    directory = write_byte_tokenizer(tmp_path, 50295, 50256)
     with torch.device("meta"):
         lm = PhiForCausalLM(phi_config({"llm_model_path": "microsoft/phi-1_5", "llm_vocab_size": 50295,
                                         "codebook_size": 8192, "num_vq_tokens": tokens, "vocab_size": 58498}))

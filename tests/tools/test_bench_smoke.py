@@ -3,12 +3,14 @@
 All four run in one subprocess, one after the other, through their `main(argv)`: the cost
 of a tiny bench is dominated by importing torch/transformers, so that is paid once. A
 failing bench is reported by name with the output so far. The weight-sync bench runs on its
-own with --quick (it starts a Ray instance).
+own with --quick (it starts a Ray instance), and the GPU check with --tiny.
 """
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import REPO
 
@@ -60,3 +62,30 @@ def test_run_all_finds_every_bench_but_not_helpers():
     names = [p.name for p in run_all.benches()]
     assert set(CASES) <= set(names)
     assert not {"common.py", "reference.py"} & set(names)
+
+
+GPU_CHECK_ROWS = ("sampler, batched", "sampler, batch-1 loop", "learner, batched pairs", "learner, one pair at a time",
+                  "forward MFU", "MAGVIT-v2 decode")  # and peak memory, measured on a GPU only
+
+
+def _gpu_check(*extra: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--tiny", "--batch", "2", "--steps", "2",
+                           "--pairs", "2", *extra], cwd=BENCH.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"gpu_check.py --tiny failed (exit {proc.returncode}):\n{proc.stdout}"
+    table = proc.stdout[proc.stdout.index("maskrl GPU check"):]
+    for row in GPU_CHECK_ROWS:
+        assert re.search(rf"\n +{re.escape(row)} .*\d", table), f"no {row!r} row:\n{table}"
+    assert re.search(r"\n +peak memory \(GiB\) +sampler nan, learner nan, decode nan", table), table
+    return table
+
+
+def test_gpu_check_measures_a_tiny_show_o_on_cpu():
+    """`make gpu-check`'s script with --tiny: the same measurements of a tiny random Show-o, on CPU."""
+    _gpu_check("--no-train")
+
+
+@pytest.mark.slow
+def test_gpu_check_with_its_ray_training_run():
+    table = _gpu_check()
+    assert re.search(r"maskrl train, 2 iterations on Ray +\d+ s", table), table

@@ -18,6 +18,7 @@ from actors.metrics import gauge_name
 from actors.pools import PoolSpec, check_capacity, pool_layout
 from maskrl.config import load_config
 from maskrl.train_config import TrainConfig
+from tests.fake_showo import fake_showo_release
 from tests.helpers import REPO
 
 CLUSTER = REPO / "cluster"
@@ -45,11 +46,12 @@ def test_recipe_has_the_paper_hyperparameters(recipe):
     assert g.weight_decay == pytest.approx(0.02)
     assert g.kl_coef == 0
     assert recipe.track_kl is False
-    assert recipe.eval.sampling.steps == 50
+    assert recipe.sampling.steps == 50 and recipe.eval.prompts == 0  # ShapesEval is for ShapesWorld only
     assert recipe.sampling.variant == "candidate2"
     c = recipe.cluster
     assert (c.mode, c.weight_transport, c.learner.backend, c.learner.zero_stage) == ("async", "collective", "nccl", 3)
-    assert recipe.checkpoint == "/models/showo-maskrl"
+    m = recipe.model
+    assert (m.family, m.model_dir, m.resolution, m.dtype) == ("showo", "/models/show-o-512x512", 512, "bfloat16")
     assert recipe.out.startswith("/mnt/shared/")
 
 
@@ -60,17 +62,19 @@ def test_recipe_pools_are_pinned_to_their_node_types(recipe):
     assert c.rollout.gpus_per_worker == 1 and c.reward.gpus_per_worker == 1 and c.learner.gpus_per_worker == 1
 
 
-def test_recipe_validation_fails_only_on_the_missing_checkpoint(recipe, tmp_path):
+def test_recipe_validation_fails_only_on_the_missing_release(recipe, tmp_path):
     recipe.out = str(tmp_path / "run")  # its shared-storage path needs not exist (nor be writable) here
-    if Path(recipe.checkpoint, "config.json").is_file():
+    if Path(recipe.model.model_dir, "config.json").is_file():
         validate(recipe)  # the weights are there: everything else must be valid too
         return
-    with pytest.raises(FileNotFoundError, match="/models/showo-maskrl"):
+    with pytest.raises(FileNotFoundError, match=r"model.model_dir.*/models/show-o-512x512"):
         validate(recipe)
-    # with a checkpoint that exists, the rest of the recipe is valid
-    recipe_ok = load_config(TrainConfig, RECIPE)
-    recipe_ok.checkpoint, recipe_ok.out = "base", str(tmp_path / "run")
-    validate(recipe_ok)
+    # with release directories and a prompt file that exist, the rest of the recipe is valid
+    release, prompts = fake_showo_release(tmp_path), tmp_path / "prompts.txt"
+    prompts.write_text("a corgi\n")
+    recipe.model.model_dir, recipe.model.vq_dir = str(release["model"]), str(release["vq"])
+    recipe.model.tokenizer_dir, recipe.prompts_file = str(release["tokenizer"]), str(prompts)
+    validate(recipe)
 
 
 # -- pools vs the cluster's nodes -------------------------------------------------------------------
