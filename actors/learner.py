@@ -42,6 +42,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "gradient_clipping": cfg.grpo.grad_clip,
         "zero_optimization": {"stage": int(lc.zero_stage)},
         "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bool(lc.bf16)},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
@@ -101,6 +102,8 @@ class LearnerRank:
         deepspeed.init_distributed(dist_backend=backend, rank=self.rank, world_size=self.world_size, verbose=False, timeout=timeout)
         device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")
         policy = for_training(load_checkpoint(policy_dir), self.cfg.lora, policy_dir).to(device)
+        if self.cfg.cluster.learner.gradient_checkpointing:
+            policy.enable_gradient_checkpointing()
         g = self.cfg.grpo
         self.reference = None
         if g.kl_coef or self.cfg.track_kl:

@@ -61,6 +61,8 @@ class LearnerConfig(PoolConfig):
     zero_stage: ZeroStage = ZeroStage.ZERO2
     backend: Backend = Backend.auto
     collective_timeout_s: float = 600.0  # a collective among the ranks gives up after this long
+    bf16: bool = False  # GPUs: bf16 weights and activations, fp32 master weights in the optimiser (DeepSpeed bf16)
+    gradient_checkpointing: bool = False  # recompute each block's activations in the backward: memory for time
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
 
 

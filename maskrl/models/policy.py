@@ -65,3 +65,6 @@ class MaskedPolicy(Protocol):
 
     def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
         """(B, N) codes -> the images rewards score (RGB uint8 (B, H, W, 3), or the world's own grids)."""
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade the learner's activation memory for recomputation (same gradients)."""

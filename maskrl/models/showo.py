@@ -153,6 +153,10 @@ class ShowoPolicy(nn.Module):
         """(B, N) codes -> (B, 16, 16) palette grids, the images ShapesWorld's rewards score."""
         return PaletteTokenizer().decode(tokens)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each Phi block's activations in the backward pass (training mode only)."""
+        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -161,6 +161,10 @@ class ShowoT2IPolicy(nn.Module):
                                "load_showo_t2i to decode images")
         return decode_pixels(self.vq, tokens, self.grid_shape)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each Phi block's activations in the backward pass (training mode only)."""
+        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

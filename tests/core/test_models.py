@@ -118,3 +118,22 @@ def test_guidance_formulas_of_the_presets(tiny_policy):
     torch.testing.assert_close(guided_logits(cond, uncond, 3.0, Guidance.showo), 4 * cond - 3 * uncond)
     torch.testing.assert_close(guided_logits(cond, uncond, 4.0, Guidance.diffusers), guided_logits(cond, uncond, 3.0, Guidance.showo))
     assert isinstance(tiny_policy, MaskedPolicy) and tiny_policy.preset.guidance == Guidance.showo
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_policy):
+    """Recomputed activations change memory, not the gradient."""
+    text = tiny_policy.encode_prompts(["a red circle", "two blue squares"])
+    state = torch.randint(0, tiny_policy.mask_code + 1, (2, tiny_policy.num_image_tokens), generator=torch.Generator().manual_seed(0))
+
+    def grads():
+        tiny_policy.zero_grad(set_to_none=True)
+        tiny_policy.train()
+        tiny_policy(text, state).logsumexp(-1).sum().backward()
+        return {n: p.grad.clone() for n, p in tiny_policy.named_parameters()}
+
+    plain = grads()
+    tiny_policy.enable_gradient_checkpointing()
+    assert tiny_policy.lm.is_activation_checkpointing
+    checkpointed = grads()
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, rtol=1e-5, atol=1e-7, msg=name)
