@@ -109,3 +109,15 @@ def test_pickles_are_refused_and_a_missing_file_is_named(tmp_path):
     absent = tmp_path / "absent.safetensors"
     with pytest.raises(FileNotFoundError, match=str(absent)):
         MagvitV2Decoder.from_release(absent)
+
+
+@pytest.mark.slow
+def test_full_size_random_decoder_decodes_a_256_px_image():
+    """The release's architecture at full size (39.9 M parameters, random weights): 16 x 16 codes
+    become one 256 x 256 RGB image in [-1, 1]."""
+    torch.manual_seed(0)
+    model = MagvitV2Decoder().eval()
+    with torch.no_grad():
+        pixels = model.decode(torch.randint(0, 8192, (1, 16, 16)))
+    assert pixels.shape == (1, 3, 256, 256) and torch.isfinite(pixels).all()
+    assert pixels.min() >= -1 and pixels.max() <= 1 and pixels.std() > 0
