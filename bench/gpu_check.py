@@ -1,7 +1,8 @@
-"""The GPU check (`make gpu-check`): one table of what a full-size Show-o 512 does on one GPU.
+"""The GPU check (`make gpu-check`): one table of what full-size Show-o 512 and aMUSEd 256 do on one GPU.
 
 A random-init Show-o 512 (Phi-1.5 sizes with q/k LayerNorm, 58,498 ids, 1,024 image tokens, the
-release's MAGVIT-v2 decoder; `maskrl.models.random_showo`) in bf16, measured in this process:
+release's MAGVIT-v2 decoder; `maskrl.models.random_showo`) in bf16, measured in this process
+(and aMUSEd 256, `maskrl.models.random_amused`, for the sampler, learner and decoding rows):
 
 - sampler: the batched recording sampler (`maskrl.sampling.sample`, `--batch` images a call)
   against a loop of batch-1 calls over the same prompts, images/s (target >= 8x);
@@ -78,7 +79,7 @@ def forward_flops(policy) -> float:
         + 4 * length**2 * c.hidden_size * c.num_hidden_layers
 
 
-def build(args):
+def build_showo(args):
     if args.tiny:
         layout = ShowoReleaseConfig(llm_vocab_size=257, num_vq_tokens=16)
         vq = MagvitV2Config(ch=8, num_res_blocks=(1, 1, 1, 1, 1), norm_groups=4)
@@ -86,20 +87,33 @@ def build(args):
     return random_showo(device="cuda", dtype=torch.bfloat16)
 
 
-def sampler_rows(policy, args, device, mem) -> tuple[list, object]:
+def amused_rows(args, device, dtype, mem) -> list:
+    """aMUSEd 256 at full size (also with --tiny: 0.8 B parameters run on CPU at a 1-step, 1-image scale)."""
+    from maskrl.models.random_amused import random_amused
+
+    policy = random_amused(16, device, dtype)
+    small = argparse.Namespace(**{**vars(args), **({"batch": 1, "steps": 1, "pairs": 1} if args.tiny else {})})
+    sampler, sampling = sampler_rows(policy, small, device, mem, "aMUSEd 256 ")
+    rows = sampler + learner_rows(policy, small, sampling, device, mem, "aMUSEd 256 ") + [decode_row(policy, small, device, mem, "aMUSEd 256 ")]
+    rows.insert(0, ["aMUSEd 256 model", f"{policy.num_parameters / 1e9:.3f} B trained parameters (transformer), {dtype}",
+                    f"{policy.num_image_tokens} image tokens"])
+    return rows
+
+
+def sampler_rows(policy, args, device, mem, name: str = "") -> tuple[list, object]:
     sampling = SamplingConfig(steps=args.steps, cfg_scale=args.cfg, noise_schedule="compound", micro_batch=args.batch)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch)]
     gen = torch.Generator().manual_seed(0)
     sample(policy, prompts[:1], sampling, gen)  # warm-up (kernels, allocator)
-    with peak_memory(device, mem, "sampler"):
+    with peak_memory(device, mem, name + "sampler"):
         batched = timed(lambda: sample(policy, prompts, sampling, gen), device)
     one = timed(lambda: [sample(policy, [p], sampling, gen) for p in prompts], device)
-    rows = [["sampler, batched", f"{args.batch / batched:.3f} images/s", f"{one / batched:.1f}x (target >= 8x)"],
-            ["sampler, batch-1 loop", f"{args.batch / one:.3f} images/s", ""]]
+    rows = [[name + "sampler, batched", f"{args.batch / batched:.3f} images/s", f"{one / batched:.1f}x (target >= 8x)"],
+            [name + "sampler, batch-1 loop", f"{args.batch / one:.3f} images/s", ""]]
     return rows, sampling
 
 
-def learner_rows(policy, args, sampling, device, mem) -> list:
+def learner_rows(policy, args, sampling, device, mem, name: str = "") -> list:
     groups = [(i, PROMPTS[i % len(PROMPTS)]) for i in range(max(1, args.pairs // (2 * 2)))]
     batch = rollout_groups(policy, groups, 2, sampling, torch.Generator().manual_seed(1), 0)
     traj = torch.arange(len(batch)).repeat_interleave(2)[: args.pairs]
@@ -111,13 +125,13 @@ def learner_rows(policy, args, sampling, device, mem) -> list:
         (terms * units).sum().backward()
 
     backward(traj[:1], step[:1])  # warm-up
-    with peak_memory(device, mem, "learner"):
+    with peak_memory(device, mem, name + "learner"):
         together = timed(lambda: backward(traj, step), device)
     alone = timed(lambda: [backward(traj[i:i + 1], step[i:i + 1]) for i in range(len(traj))], device)
     policy.zero_grad(set_to_none=True)
     policy.eval()
-    return [["learner, batched pairs", f"{len(traj) / together:.3f} pairs/s", f"{alone / together:.1f}x (target >= 4x)"],
-            ["learner, one pair at a time", f"{len(traj) / alone:.3f} pairs/s", ""]]
+    return [[name + "learner, batched pairs", f"{len(traj) / together:.3f} pairs/s", f"{alone / together:.1f}x (target >= 4x)"],
+            [name + "learner, one pair at a time", f"{len(traj) / alone:.3f} pairs/s", ""]]
 
 
 def mfu_row(policy, args, device, dtype) -> list:
@@ -134,12 +148,12 @@ def mfu_row(policy, args, device, dtype) -> list:
             f"{100 * achieved / peak:.0f}% (target >= 40%)"]
 
 
-def decode_row(policy, args, device, mem) -> list:
+def decode_row(policy, args, device, mem, name: str = "") -> list:
     tokens = torch.randint(0, policy.mask_code, (args.batch, policy.num_image_tokens))
     policy.decode_images(tokens[:1])
-    with peak_memory(device, mem, "decode"):
+    with peak_memory(device, mem, name + "decode"):
         seconds = timed(lambda: policy.decode_images(tokens), device)
-    return ["MAGVIT-v2 decode", f"{args.batch / seconds:.2f} images/s", f"{policy.grid_shape[0] * 16} px"]
+    return [name + "VQ decode", f"{args.batch / seconds:.2f} images/s", f"{policy.grid_shape[0] * 16} px"]
 
 
 def train_row(device: str) -> list:
@@ -171,23 +185,26 @@ def main(argv=None) -> None:
     p.add_argument("--cfg", type=float, default=5.0, help="Show-o's guidance scale")
     p.add_argument("--pairs", type=int, default=8, help="(trajectory, step) pairs in the learner's batch (x2 with CFG)")
     p.add_argument("--no-train", action="store_true", help="skip the Ray training run")
+    p.add_argument("--no-amused", action="store_true", help="skip aMUSEd (full size even with --tiny: about a minute on CPU)")
     args = p.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         p.error("no GPU here: run with --tiny, or on a GPU machine")
     device, dtype = ("cpu", torch.float32) if args.tiny else ("cuda", torch.bfloat16)
     start = time.perf_counter()
-    policy = build(args)
+    policy = build_showo(args)
     mem: dict[str, float] = {}
-    rows = [["model", f"{policy.num_parameters / 1e9:.3f} B parameters, {dtype}", f"{policy.seq_len} tokens a sequence, "
+    rows = [["Show-o 512 model", f"{policy.num_parameters / 1e9:.3f} B parameters, {dtype}", f"{policy.seq_len} tokens a sequence, "
              f"{policy.num_image_tokens} image tokens"]]
     sampler, sampling = sampler_rows(policy, args, device, mem)
     rows += sampler + learner_rows(policy, args, sampling, device, mem)
     rows += [mfu_row(policy, args, device, dtype), decode_row(policy, args, device, mem)]
+    del policy
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    if not args.no_amused:
+        rows += amused_rows(args, device, dtype, mem)
     rows.append(["peak memory (GiB)", ", ".join(f"{k} {v:.1f}" for k, v in mem.items()), "torch.cuda.max_memory_allocated"])
     if not args.no_train:
-        del policy
-        if device == "cuda":
-            torch.cuda.empty_cache()
         rows.append(train_row(device))
     table(["check", "figure", "note"], rows, title=f"maskrl GPU check ({'tiny, CPU' if args.tiny else torch.cuda.get_device_name()}, "
           f"batch {args.batch}, {args.steps} steps, CFG {args.cfg}; {time.perf_counter() - start:.0f} s)")

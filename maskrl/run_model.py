@@ -1,6 +1,6 @@
 """What a run starts from, trains on and can evaluate: a maskrl checkpoint of ShapesWorld's policy
 (`checkpoint`, with ShapesWorld's endless prompt stream and held-out ShapesEval), or a real model's
-release directories (`model.*` keys) trained on a prompt file of free text, its progress shown in
+release directories (`model.*` keys: Show-o or aMUSEd) trained on a prompt file of free text, its progress shown in
 sample grids (ShapesEval scores ShapesWorld images only)."""
 from __future__ import annotations
 
@@ -19,16 +19,17 @@ GRID_PROMPTS = 6
 
 class Family(StrEnum):
     maskrl = "maskrl"  # `checkpoint` names a maskrl checkpoint directory (or `base`)
-    showo = "showo"  # the official Show-o release, from the directories below
+    showo = "showo"  # the official Show-o release, from model_dir, vq_dir and tokenizer_dir
+    amused = "amused"  # aMUSEd (amused-256 / amused-512) in diffusers' layout, all in model_dir
 
 
 @dataclass
 class ModelConfig:
     family: Family = Family.maskrl
-    model_dir: str = ""  # showlab/show-o (256 px) or showlab/show-o-512x512
-    vq_dir: str = ""  # showlab/magvitv2, weights as one .safetensors file
-    tokenizer_dir: str = ""  # microsoft/phi-1_5
-    resolution: int = 256
+    model_dir: str = ""  # showlab/show-o (256 px) or showlab/show-o-512x512; amused/amused-256 or -512
+    vq_dir: str = ""  # Show-o: showlab/magvitv2, weights as one .safetensors file
+    tokenizer_dir: str = ""  # Show-o: microsoft/phi-1_5
+    resolution: int = 256  # Show-o (aMUSEd's follows from its transformer)
     dtype: str = "float32"  # bfloat16 on GPUs
     vq_config: dict = field(default_factory=dict)  # MagvitV2Config fields; empty: the release's architecture
 
@@ -56,6 +57,10 @@ def check_run_files(cfg) -> None:
     """The files the run reads before anything starts: the release directories, the prompt file."""
     if cfg.model.family == Family.showo:
         check_release_dirs(cfg.model.release())
+    elif cfg.model.family == Family.amused:
+        from maskrl.models.amused import check_amused_dir
+
+        check_amused_dir(cfg.model.model_dir)
     else:
         resolve_checkpoint(cfg.checkpoint)
     if cfg.prompts_file:
@@ -65,8 +70,13 @@ def check_run_files(cfg) -> None:
 def start_checkpoint(cfg) -> str:
     """The directory every worker loads the run's first weights from (for a release: a reference to
     its directories, written into the run directory)."""
+    out = Path(cfg.out) / "model"
     if cfg.model.family == Family.showo:
-        return str(write_release_reference(cfg.model.release(), Path(cfg.out) / "model"))
+        return str(write_release_reference(cfg.model.release(), out))
+    if cfg.model.family == Family.amused:
+        from maskrl.models.amused import write_amused_reference  # diffusers is imported only for aMUSEd
+
+        return str(write_amused_reference(cfg.model.model_dir, cfg.model.dtype, out))
     return str(resolve_checkpoint(cfg.checkpoint))
 
 

@@ -1,7 +1,8 @@
 """LoRA adapters (peft) on a policy's transformer: only the adapters train, travel and are saved.
 
-`add_lora` freezes the policy and injects peft's LoRA layers into the transformer's linear
-layers named by `target_modules`. The adapters' tensors (the names holding ``lora_``) are then
+`add_lora` freezes the policy and injects peft's LoRA layers into the linear layers named by
+`target_modules` of the policy's `lora_host` (its transformer; by default the family's
+`lora_targets`: attention and MLP). The adapters' tensors (the names holding ``lora_``) are then
 the policy's *trainable state*: what the optimiser steps, what a weight publish sends to the
 rollout workers, and what a checkpoint stores, with a reference to the full-weight checkpoint
 they adapt (its name or path, and the size and SHA-256 of its weights, checked at load). With
@@ -9,7 +10,7 @@ they adapt (its name or path, and the size and SHA-256 of its weights, checked a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import peft
@@ -21,7 +22,6 @@ from maskrl.checkpoints import checkpoint_name, file_digest, resolve_checkpoint
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_MARK = "lora_"  # peft names every adapter tensor ...lora_A... / ...lora_B...
 INIT_SEED = 0
-PHI_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")  # attention and MLP of every Phi block
 
 
 @dataclass
@@ -29,7 +29,7 @@ class LoraConfig:
     rank: int = 0  # 0: full fine-tuning (every weight trains, travels and is saved)
     alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(PHI_LINEAR_LAYERS))
+    target_modules: list[str] = field(default_factory=list)  # empty: the policy family's `lora_targets`
 
 
 def check_lora(cfg: LoraConfig) -> None:
@@ -40,8 +40,6 @@ def check_lora(cfg: LoraConfig) -> None:
         raise ValueError(f"alpha must be positive, got {cfg.alpha}")
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.rank and not cfg.target_modules:
-        raise ValueError("target_modules is empty: name the linear layers to adapt, e.g. " + str(list(PHI_LINEAR_LAYERS)))
 
 
 def has_lora(policy: torch.nn.Module) -> bool:
@@ -54,18 +52,24 @@ def add_lora(policy: torch.nn.Module, cfg: LoraConfig, base_dir: str | Path) -> 
     every process (learner ranks, rollout workers, a rerun) builds the same adapters."""
     if has_lora(policy):
         raise ValueError("the policy has LoRA adapters already")
+    cfg = resolved(policy, cfg)
     policy.requires_grad_(False)
     spec = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
-            peft.inject_adapter_in_model(spec, policy.lm)
+            peft.inject_adapter_in_model(spec, policy.lora_host)
     except ValueError as err:  # peft: no module matched
         raise ValueError(f"lora.target_modules={list(cfg.target_modules)}: {err}") from None
     base_dir = Path(base_dir)
     policy.lora = cfg
     policy.lora_base = {"checkpoint": checkpoint_name(base_dir), **file_digest(_identity_file(base_dir))}
     return policy
+
+
+def resolved(policy: torch.nn.Module, cfg: LoraConfig) -> LoraConfig:
+    """`cfg` with its target modules spelled out (empty: the policy family's)."""
+    return replace(cfg, target_modules=sorted(cfg.target_modules or policy.lora_targets))
 
 
 def _identity_file(base_dir: Path) -> Path:
@@ -86,15 +90,12 @@ def for_training(policy: torch.nn.Module, cfg: LoraConfig, source: str | Path) -
     """The policy loaded from checkpoint `source`, set up as the run's `lora` config says: adapters
     added (rank > 0) or kept (a checkpoint of a LoRA run, whose settings must be the run's)."""
     if has_lora(policy):
-        if _settings(asdict(policy.lora)) != _settings(asdict(cfg)):
-            raise ValueError(f"checkpoint {str(source)!r} holds LoRA adapters {_settings(asdict(policy.lora))}; "
-                             f"the run's config key 'lora' says {_settings(asdict(cfg))}: set it to the checkpoint's")
+        held, wanted = asdict(resolved(policy, policy.lora)), asdict(resolved(policy, cfg))
+        if held != wanted:
+            raise ValueError(f"checkpoint {str(source)!r} holds LoRA adapters {held}; "
+                             f"the run's config key 'lora' says {wanted}: set it to the checkpoint's")
         return policy
     return add_lora(policy, cfg, source) if cfg.rank else policy
-
-
-def _settings(lora: dict) -> dict:
-    return {**lora, "target_modules": sorted(lora["target_modules"])}
 
 
 def save_adapters(policy: torch.nn.Module, directory: Path) -> dict:

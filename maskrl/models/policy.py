@@ -50,6 +50,7 @@ class MaskedPolicy(Protocol):
     num_image_tokens: int  # N = H * W
     grid_shape: tuple[int, int]  # (H, W) of the token grid
     preset: SamplerPreset
+    lora_targets: tuple[str, ...]  # the linear layers LoRA adapts by default
 
     def encode_prompts(self, texts: list[str]) -> torch.Tensor:
         """(B, L) int64 conditioning ids; a prompt the model cannot take raises ValueError naming it."""
@@ -68,3 +69,7 @@ class MaskedPolicy(Protocol):
 
     def enable_gradient_checkpointing(self) -> None:
         """Trade the learner's activation memory for recomputation (same gradients)."""
+
+    @property
+    def lora_host(self) -> torch.nn.Module:
+        """The module LoRA adapters go into (the transformer); `lora_targets` names its linear layers."""

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 from maskrl.models.policy import SamplerPreset
+from maskrl.models.showo_release import PHI_LINEAR_LAYERS
 from maskrl.models.text_tokenizer import build_text_tokenizer
 from maskrl.models.visual_tokenizer import PaletteTokenizer
 
@@ -51,6 +52,7 @@ class ShowoPolicy(nn.Module):
     """ShapesWorld's policy (a `maskrl.models.policy.MaskedPolicy`); its images are palette grids."""
 
     preset = SamplerPreset()  # Show-o's guidance formula, float64 mask counts (what it was trained with)
+    lora_targets = PHI_LINEAR_LAYERS
 
     def __init__(self, config: ShowoConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__()
@@ -152,6 +154,10 @@ class ShowoPolicy(nn.Module):
     def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
         """(B, N) codes -> (B, 16, 16) palette grids, the images ShapesWorld's rewards score."""
         return PaletteTokenizer().decode(tokens)
+
+    @property
+    def lora_host(self) -> nn.Module:
+        return self.lm
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each Phi block's activations in the backward pass (training mode only)."""

@@ -55,6 +55,7 @@ from transformers import PhiConfig, PhiForCausalLM
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 PREFIX = "showo."
+PHI_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")  # attention and MLP of every Phi block
 CONVERT_HINT = "python -m maskrl.rewards.convert IN.bin OUT.safetensors"
 _SHOWN_KEYS = 20  # keys named per category in a key-mismatch error; the exception holds all
 

@@ -48,7 +48,7 @@ from transformers import PhiForCausalLM, PreTrainedTokenizerFast
 
 from maskrl.models.magvit2 import MagvitV2Config, MagvitV2Decoder
 from maskrl.models.policy import Guidance, SamplerPreset
-from maskrl.models.showo_release import CONVERT_HINT, PREFIX, ShowoReleaseConfig, load_showo_release
+from maskrl.models.showo_release import CONVERT_HINT, PHI_LINEAR_LAYERS, PREFIX, ShowoReleaseConfig, load_showo_release
 from maskrl.schedule import MaskRounding
 
 MAX_TEXT_LEN = 128  # Show-o's dataset.preprocessing.max_seq_length; one more slot holds <|t2i|>
@@ -64,6 +64,7 @@ class ShowoT2IPolicy(nn.Module):
     """
 
     preset = SamplerPreset(guidance=Guidance.showo, mask_rounding=MaskRounding.float32)
+    lora_targets = PHI_LINEAR_LAYERS
 
     def __init__(self, lm: PhiForCausalLM, tokenizer: PreTrainedTokenizerFast, layout: ShowoReleaseConfig,
                  resolution: int = 256, vq: MagvitV2Decoder | None = None, max_text_len: int = MAX_TEXT_LEN):
@@ -160,6 +161,10 @@ class ShowoT2IPolicy(nn.Module):
             raise RuntimeError("this Show-o policy was loaded without a VQ decoder; pass vq_dir to "
                                "load_showo_t2i to decode images")
         return decode_pixels(self.vq, tokens, self.grid_shape)
+
+    @property
+    def lora_host(self) -> nn.Module:
+        return self.lm
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each Phi block's activations in the backward pass (training mode only)."""

@@ -6,6 +6,8 @@ A directory's config.json names its format:
 * ``maskrl-showo-release/1``: the local directories of an official Show-o release (model,
   MAGVIT-v2, Phi-1.5 tokenizer) and its resolution; nothing converted or copied. A full
   fine-tuning checkpoint holds the weights in the release's layout under ``model/``;
+* ``maskrl-amused-release/1``: the local directory of an aMUSEd release (diffusers' pipeline
+  layout); a full fine-tuning checkpoint holds its own transformer under ``transformer/``;
 * ``maskrl-lora/1``: LoRA adapters (adapter.safetensors) and the checkpoint they adapt.
 
 A directory written by maskrl's trainer also has a manifest; a truncated or unfinished copy is
@@ -29,7 +31,16 @@ from maskrl.models.showo_t2i import (
 from maskrl.models.visual_tokenizer import PaletteTokenizer
 
 LORA_FORMAT = "maskrl-lora/1"
-LOADERS = {SHAPES_FORMAT: load_shapes_policy, RELEASE_FORMAT: load_release_reference}
+AMUSED_FORMAT = "maskrl-amused-release/1"
+
+
+def _load_amused(path: Path, meta: dict) -> MaskedPolicy:
+    from maskrl.models.amused import load_amused_reference  # diffusers is imported only for aMUSEd
+
+    return load_amused_reference(path, meta)
+
+
+LOADERS = {SHAPES_FORMAT: load_shapes_policy, RELEASE_FORMAT: load_release_reference, AMUSED_FORMAT: _load_amused}
 
 
 def read_meta(directory: str | Path) -> tuple[Path, dict]:
@@ -67,7 +78,11 @@ def save_policy(policy: MaskedPolicy, directory: str | Path, extra: dict | None 
     elif isinstance(policy, ShowoT2IPolicy):
         meta = save_release_weights(policy, out)
     else:
-        raise TypeError(f"no checkpoint format for {type(policy).__name__}")
+        from maskrl.models.amused import AmusedPolicy, save_amused_weights
+
+        if not isinstance(policy, AmusedPolicy):
+            raise TypeError(f"no checkpoint format for {type(policy).__name__}")
+        meta = save_amused_weights(policy, out)
     (out / "config.json").write_text(json.dumps({**meta, **(extra or {})}, indent=2))
     return out
 
@@ -79,6 +94,8 @@ def image_decoder(directory: str | Path) -> ImageDecoder:
         return image_decoder(resolve_checkpoint(meta["lora"]["base"]["checkpoint"]))
     if meta["format"] == SHAPES_FORMAT:
         return PaletteTokenizer().decode
+    if meta["format"] == AMUSED_FORMAT:  # its VQ comes with the release's parts; the transformer is small beside CLIP
+        return _load_amused(path, meta).decode_images
     dirs = ShowoReleaseDirs(**{k: meta[k] for k in ShowoReleaseDirs.__dataclass_fields__})
     vq = MagvitV2Decoder.from_release(vq_weights_file(dirs.vq_dir), dirs.vq_architecture())
     vq = vq.to("cuda" if torch.cuda.is_available() else "cpu")

@@ -65,7 +65,7 @@ def test_run_all_finds_every_bench_but_not_helpers():
 
 
 GPU_CHECK_ROWS = ("sampler, batched", "sampler, batch-1 loop", "learner, batched pairs", "learner, one pair at a time",
-                  "forward MFU", "MAGVIT-v2 decode")  # and peak memory, measured on a GPU only
+                  "forward MFU", "VQ decode")  # and peak memory, measured on a GPU only
 
 
 def _gpu_check(*extra: str) -> str:
@@ -82,10 +82,11 @@ def _gpu_check(*extra: str) -> str:
 
 def test_gpu_check_measures_a_tiny_show_o_on_cpu():
     """`make gpu-check`'s script with --tiny: the same measurements of a tiny random Show-o, on CPU."""
-    _gpu_check("--no-train")
+    _gpu_check("--no-train", "--no-amused")
 
 
 @pytest.mark.slow
 def test_gpu_check_with_its_ray_training_run():
     table = _gpu_check()
     assert re.search(r"maskrl train, 2 iterations on Ray +\d+ s", table), table
+    assert re.search(r"\n +aMUSEd 256 sampler, batched +[\d.]+ images/s", table), table

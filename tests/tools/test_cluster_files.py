@@ -77,6 +77,20 @@ def test_recipe_validation_fails_only_on_the_missing_release(recipe, tmp_path):
     validate(recipe)
 
 
+def test_amused_recipe_keeps_the_cluster_and_samples_as_the_pipeline(tmp_path):
+    from maskrl.models.amused import pipeline_noise_scale
+
+    recipe = load_config(TrainConfig, REPO / "configs" / "amused_256.yaml")
+    assert (recipe.model.family, recipe.model.model_dir, recipe.lora.rank) == ("amused", "/models/amused-256", 16)
+    s = recipe.sampling
+    assert (s.steps, s.cfg_scale, s.noise_schedule) == (12, 10.0, "linear") and s.noise_scale == pytest.approx(pipeline_noise_scale(12))
+    assert recipe.grpo.group_size == 6 and recipe.cluster.learner.zero_stage == 3
+    recipe.out = str(tmp_path / "run")
+    if not Path(recipe.model.model_dir).is_dir():
+        with pytest.raises(FileNotFoundError, match=r"model.model_dir.*/models/amused-256"):
+            validate(recipe)
+
+
 # -- pools vs the cluster's nodes -------------------------------------------------------------------
 def _place(specs: list[PoolSpec], nodes: list[dict[str, float]]) -> None:
     """Greedy placement of every pool's bundles on `nodes` (consumed), honouring STRICT_* strategies."""
