@@ -81,18 +81,52 @@ def _eval(args) -> None:
     from maskrl.world import parse_prompt
 
     policy = load_checkpoint(args.checkpoint)
+    if args.reward:
+        print(json.dumps(_reward_eval(policy, args), indent=2))
+        return
     if not isinstance(policy, ShowoPolicy):
-        raise ValueError(f"checkpoint {args.checkpoint!r} is not a ShapesWorld policy: `maskrl eval` scores ShapesEval; "
-                         "use `maskrl generate` and score its images with your reward")
+        raise ValueError(f"checkpoint {args.checkpoint!r} is not a ShapesWorld policy, which ShapesEval scores: "
+                         "name a reward (--reward clip_score --reward-option checkpoint=...)")
     prompts = _read_prompts(args.prompts, parse_prompt)
     print(json.dumps(evaluate(policy, prompts, args.samples, _sampling(args), args.seed, progress=True), indent=2))
 
 
-def _showo_checkpoint(args) -> None:
-    from maskrl.models.showo_t2i import ShowoReleaseDirs, write_release_reference
+def _release_checkpoint(args) -> None:
+    from maskrl.run_model import Family, ModelConfig, write_model_reference
 
-    dirs = ShowoReleaseDirs(args.model_dir, args.vq_dir, args.tokenizer_dir, args.resolution, args.dtype)
-    print(f"checkpoint: {write_release_reference(dirs, args.out)}")
+    model = ModelConfig(Family(args.family), args.model_dir, args.vq_dir or "", args.tokenizer_dir or "", args.resolution, args.dtype)
+    if model.family == Family.showo and not (args.vq_dir and args.tokenizer_dir):
+        raise ValueError("a Show-o release needs --vq-dir (showlab/magvitv2) and --tokenizer-dir (microsoft/phi-1_5)")
+    print(f"checkpoint: {write_model_reference(model, Path(args.out))}")
+
+
+def _reward_eval(policy, args) -> dict:
+    """A real model on a free-text prompt file: the mean of the reward over its images, with a 95%
+    interval that treats each prompt's samples as one cluster."""
+    import numpy as np
+
+    from maskrl.evaluation import generate
+    from maskrl.rewards import build_reward
+    from maskrl.world.intervals import Z95
+
+    texts = _read_prompts(args.prompts, _free_text(policy))
+    options = dict(option.split("=", 1) for option in args.reward_option)
+    reward = build_reward(args.reward, **{k: _yaml_value(v) for k, v in options.items()})
+    images = generate(policy, texts, args.samples, _sampling(args), args.seed, progress=True)
+    flat = images.reshape(-1, *images.shape[2:])
+    scores = np.asarray(reward(flat, [t for t in texts for _ in range(args.samples)]).scores, dtype=np.float64)
+    per_prompt = np.nanmean(scores.reshape(len(texts), args.samples), axis=1)
+    mean = float(np.nanmean(per_prompt))
+    half = Z95 * float(np.nanstd(per_prompt, ddof=1)) / np.sqrt(len(texts)) if len(texts) > 1 else float("nan")
+    return {"reward": args.reward, "mean": mean, "ci95": [mean - half, mean + half], "images": int(flat.shape[0]),
+            "nonfinite": int((~np.isfinite(scores)).sum())}
+
+
+def _yaml_value(text: str):
+    """`--reward-option w=2.5` -> 2.5 (YAML's scalars: numbers, booleans, strings)."""
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 def held_out_line(name: str, metrics: dict) -> str:
@@ -148,17 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--scale", type=int, default=8, help="pixels per cell in the PNGs")
     p.set_defaults(func=_generate)
-    p = sub.add_parser("showo-checkpoint", help="a checkpoint directory naming a Show-o release's local "
+    p = sub.add_parser("release-checkpoint", help="a checkpoint directory naming a real model's release "
                        "directories (nothing converted): use it as --checkpoint or `checkpoint:`")
     p.add_argument("out", help="the checkpoint directory to write (config.json only)")
-    p.add_argument("--model-dir", required=True, help="showlab/show-o or show-o-512x512: config.json + safetensors")
-    p.add_argument("--vq-dir", required=True, help="showlab/magvitv2: its weights as one .safetensors file")
-    p.add_argument("--tokenizer-dir", required=True, help="microsoft/phi-1_5: tokenizer.json, tokenizer_config.json")
-    p.add_argument("--resolution", type=int, default=256, help="256 (show-o) or 512 (show-o-512x512)")
+    p.add_argument("--family", required=True, choices=("showo", "amused"))
+    p.add_argument("--model-dir", required=True,
+                   help="showlab/show-o or show-o-512x512 (config.json + safetensors); amused/amused-256 or -512 (pipeline layout)")
+    p.add_argument("--vq-dir", help="Show-o: showlab/magvitv2, its weights as one .safetensors file")
+    p.add_argument("--tokenizer-dir", help="Show-o: microsoft/phi-1_5, tokenizer.json and tokenizer_config.json")
+    p.add_argument("--resolution", type=int, default=256, help="Show-o: 256 (show-o) or 512 (show-o-512x512)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.set_defaults(func=_showo_checkpoint)
-    p = sub.add_parser("eval", help="print ShapesEval (overall and per category) as JSON")
+    p.set_defaults(func=_release_checkpoint)
+    p = sub.add_parser("eval", help="print ShapesEval (overall and per category) as JSON, or with --reward the mean "
+                       "reward of a real model's images")
     _add_sampling_args(p)
+    p.add_argument("--reward", help="score the images with this reward (a registered name or module:Class) instead of ShapesEval")
+    p.add_argument("--reward-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the reward (repeatable)")
     p.set_defaults(func=_eval)
     return parser
 

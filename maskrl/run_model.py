@@ -70,14 +70,18 @@ def check_run_files(cfg) -> None:
 def start_checkpoint(cfg) -> str:
     """The directory every worker loads the run's first weights from (for a release: a reference to
     its directories, written into the run directory)."""
-    out = Path(cfg.out) / "model"
-    if cfg.model.family == Family.showo:
-        return str(write_release_reference(cfg.model.release(), out))
-    if cfg.model.family == Family.amused:
-        from maskrl.models.amused import write_amused_reference  # diffusers is imported only for aMUSEd
+    if cfg.model.family == Family.maskrl:
+        return str(resolve_checkpoint(cfg.checkpoint))
+    return str(write_model_reference(cfg.model, Path(cfg.out) / "model"))
 
-        return str(write_amused_reference(cfg.model.model_dir, cfg.model.dtype, out))
-    return str(resolve_checkpoint(cfg.checkpoint))
+
+def write_model_reference(model: ModelConfig, out: Path) -> Path:
+    """A checkpoint directory naming a real model's release directories (nothing converted)."""
+    if model.family == Family.showo:
+        return write_release_reference(model.release(), out)
+    from maskrl.models.amused import write_amused_reference  # diffusers is imported only for aMUSEd
+
+    return write_amused_reference(model.model_dir, model.dtype, out)
 
 
 def read_prompt_file(path: str) -> list[str]:

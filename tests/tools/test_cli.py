@@ -15,6 +15,7 @@ from maskrl.train_config import TrainConfig, check_train_config, load_train_conf
 from maskrl.models import save_policy
 from maskrl.models.showo_t2i import ShowoReleaseDirs, write_release_reference
 from maskrl.world import read_png
+from tests.fake_amused import fake_amused
 from tests.fake_showo import TINY_VQ, fake_showo_release
 
 
@@ -145,11 +146,11 @@ def test_a_recipe_names_its_base_and_states_only_what_differs(tmp_path):
         load_train_config(tmp_path / "c.yaml")
 
 
-def test_generate_with_a_show_o_release_takes_free_text_and_writes_rgb(tmp_path, capsys):
+def test_generate_and_eval_a_show_o_release_on_free_text(tmp_path, capsys):
     release = fake_showo_release(tmp_path)
     # the command writes the release reference; the tiny fake's VQ is not the release architecture, so
     # the test writes its reference in Python too, naming that architecture
-    assert main(["showo-checkpoint", str(tmp_path / "cli_ref"), "--model-dir", str(release["model"]), "--vq-dir",
+    assert main(["release-checkpoint", str(tmp_path / "cli_ref"), "--family", "showo", "--model-dir", str(release["model"]), "--vq-dir",
                  str(release["vq"]), "--tokenizer-dir", str(release["tokenizer"]), "--resolution", "64"]) == 0
     assert json.loads((tmp_path / "cli_ref" / "config.json").read_text())["format"] == "maskrl-showo-release/1"
     ref = write_release_reference(ShowoReleaseDirs(str(release["model"]), str(release["vq"]), str(release["tokenizer"]),
@@ -166,6 +167,23 @@ def test_generate_with_a_show_o_release_takes_free_text_and_writes_rgb(tmp_path,
     assert f"{prompts}:2: prompt 'word word" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(ref), "--prompts", str(prompts)]) == 2
     assert "not a ShapesWorld policy" in capsys.readouterr().err
-    assert main(["showo-checkpoint", str(tmp_path / "bad"), "--model-dir", str(tmp_path / "nowhere"), "--vq-dir",
+    prompts.write_text("a corgi\ntwo cats\na red barn\n")
+    assert main(["eval", "--checkpoint", str(ref), "--prompts", str(prompts), "--steps", "2", "--samples", "2",
+                 "--reward", "tests.fake_showo:RedReward"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 6 and report["ci95"][0] <= report["mean"] <= report["ci95"][1] and report["nonfinite"] == 0
+    assert main(["release-checkpoint", str(tmp_path / "bad"), "--family", "showo", "--model-dir", str(tmp_path / "nowhere"), "--vq-dir",
                  str(release["vq"]), "--tokenizer-dir", str(release["tokenizer"])]) == 2
     assert "Show-o model (model.model_dir) directory" in capsys.readouterr().err
+
+
+def test_generate_with_an_amused_release(tmp_path):
+    release = fake_amused(tmp_path / "amused")
+    assert main(["release-checkpoint", str(tmp_path / "ref"), "--family", "amused", "--model-dir", str(release)]) == 0
+    prompts = tmp_path / "free.txt"
+    prompts.write_text("a corgi in a field\n")
+    out = tmp_path / "images"
+    assert main(["generate", "--checkpoint", str(tmp_path / "ref"), "--prompts", str(prompts), "--out", str(out),
+                 "--steps", "2", "--samples", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000_0.png", "00000_1.png"]
+    assert np.asarray(Image.open(out / "00000_1.png")).shape == (8, 8, 3)
