@@ -37,6 +37,16 @@ def resolve_checkpoint(name: str | Path) -> Path:
     return path
 
 
+def require_file(directory: str | Path, what: str, file: str) -> Path:
+    """`directory` (named `what` in the error), which must hold `file`."""
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist (expected one holding {file})")
+    if not (path / file).is_file():
+        raise FileNotFoundError(f"{what} directory {str(path)!r} has no {file}")
+    return path
+
+
 def checkpoint_name(path: str | Path) -> str:
     """How a checkpoint directory is referred to from another one: a shipped checkpoint by its
     name (valid on any install), anything else by its absolute path."""

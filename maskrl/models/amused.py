@@ -53,6 +53,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+from maskrl.checkpoints import require_file
 from maskrl.models.policy import Guidance, SamplerPreset
 from maskrl.models.store import AMUSED_FORMAT
 from maskrl.schedule import MaskRounding
@@ -205,10 +206,10 @@ def _checkpointed(forward, *args, **kwargs):
 
 def check_amused_dir(directory: str | Path) -> Path:
     """Every subfolder and file the release must hold, checked before anything is read: a missing one is named."""
-    root = _require(directory, "aMUSEd (model.model_dir)", "model_index.json")
+    root = require_file(directory, "aMUSEd (model.model_dir)", "model_index.json")
     for sub, files in LAYOUT.items():
         for file in files:
-            _require(root / sub, f"aMUSEd {sub}", file)
+            require_file(root / sub, f"aMUSEd {sub}", file)
     return root
 
 
@@ -260,12 +261,3 @@ def save_amused_weights(policy: AmusedPolicy, out: Path) -> dict:
     directory, dtype = policy.release
     return {"format": AMUSED_FORMAT, "directory": directory, "transformer": True,
             "dtype": next(k for k, v in DTYPES.items() if v == dtype)}
-
-
-def _require(directory: Path | str, what: str, file: str) -> Path:
-    path = Path(directory).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist (expected one holding {file})")
-    if not (path / file).is_file():
-        raise FileNotFoundError(f"{what} directory {str(path)!r} has no {file}")
-    return path

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 from maskrl.models.policy import SamplerPreset
-from maskrl.models.showo_release import PHI_LINEAR_LAYERS
+from maskrl.models.phi_policy import PhiPolicy
 from maskrl.models.text_tokenizer import build_text_tokenizer
 from maskrl.models.visual_tokenizer import PaletteTokenizer
 
@@ -48,11 +48,10 @@ class ShowoConfig:
     image_pos_embed: bool = True
 
 
-class ShowoPolicy(nn.Module):
+class ShowoPolicy(PhiPolicy):
     """ShapesWorld's policy (a `maskrl.models.policy.MaskedPolicy`); its images are palette grids."""
 
     preset = SamplerPreset()  # Show-o's guidance formula, float64 mask counts (what it was trained with)
-    lora_targets = PHI_LINEAR_LAYERS
 
     def __init__(self, config: ShowoConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__()
@@ -154,18 +153,6 @@ class ShowoPolicy(nn.Module):
     def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
         """(B, N) codes -> (B, 16, 16) palette grids, the images ShapesWorld's rewards score."""
         return PaletteTokenizer().decode(tokens)
-
-    @property
-    def lora_host(self) -> nn.Module:
-        return self.lm
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each Phi block's activations in the backward pass (training mode only)."""
-        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def save_shapes_policy(policy: ShowoPolicy, out: Path) -> dict:

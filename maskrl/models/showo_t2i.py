@@ -43,19 +43,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch import nn
 from transformers import PhiForCausalLM, PreTrainedTokenizerFast
 
+from maskrl.checkpoints import require_file
 from maskrl.models.magvit2 import MagvitV2Config, MagvitV2Decoder
+from maskrl.models.phi_policy import PhiPolicy
 from maskrl.models.policy import Guidance, SamplerPreset
-from maskrl.models.showo_release import CONVERT_HINT, PHI_LINEAR_LAYERS, PREFIX, ShowoReleaseConfig, load_showo_release
+from maskrl.models.showo_release import CONVERT_HINT, PREFIX, ShowoReleaseConfig, load_showo_release
 from maskrl.schedule import MaskRounding
 
 MAX_TEXT_LEN = 128  # Show-o's dataset.preprocessing.max_seq_length; one more slot holds <|t2i|>
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class ShowoT2IPolicy(nn.Module):
+class ShowoT2IPolicy(PhiPolicy):
     """Show-o text-to-image on a release `PhiForCausalLM`; image states in code space (mask = K).
 
     `vq` (the MAGVIT-v2 decoder, or None when only logits are needed) is frozen and kept out of the
@@ -64,7 +65,6 @@ class ShowoT2IPolicy(nn.Module):
     """
 
     preset = SamplerPreset(guidance=Guidance.showo, mask_rounding=MaskRounding.float32)
-    lora_targets = PHI_LINEAR_LAYERS
 
     def __init__(self, lm: PhiForCausalLM, tokenizer: PreTrainedTokenizerFast, layout: ShowoReleaseConfig,
                  resolution: int = 256, vq: MagvitV2Decoder | None = None, max_text_len: int = MAX_TEXT_LEN):
@@ -162,18 +162,6 @@ class ShowoT2IPolicy(nn.Module):
                                "load_showo_t2i to decode images")
         return decode_pixels(self.vq, tokens, self.grid_shape)
 
-    @property
-    def lora_host(self) -> nn.Module:
-        return self.lm
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each Phi block's activations in the backward pass (training mode only)."""
-        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def decode_pixels(vq: MagvitV2Decoder, tokens: torch.Tensor, grid_shape: tuple[int, int]) -> np.ndarray:
     """(B, N) codes -> (B, H, W, 3) RGB uint8 ([-1, 1] -> [0, 255], rounded), on the decoder's device."""
@@ -197,7 +185,7 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, layout: ShowoReleaseCon
 
 def load_showo_tokenizer(tokenizer_dir: str | Path, layout: ShowoReleaseConfig = ShowoReleaseConfig()):
     """Phi-1.5's tokenizer from a local directory, grown as Show-o grows it and checked against `layout`."""
-    path = _require(tokenizer_dir, "tokenizer", TOKENIZER_FILE)
+    path = require_file(tokenizer_dir, "tokenizer", TOKENIZER_FILE)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
     tokenizer.add_special_tokens({"pad_token": layout.added_tokens[0]})
     tokenizer.add_tokens(list(layout.added_tokens[1:]))
@@ -211,7 +199,7 @@ def load_showo_t2i(model_dir: str | Path, vq_dir: str | Path | None, tokenizer_d
     """The release directories (showlab/show-o or show-o-512x512, showlab/magvitv2, microsoft/phi-1_5)
     -> `ShowoT2IPolicy` in eval mode. `vq_dir=None` loads no decoder (logits only). Everything is
     checked before the LM's weights are read: a missing directory or file names which one."""
-    model_path = _require(model_dir, "Show-o model", "config.json")
+    model_path = require_file(model_dir, "Show-o model", "config.json")
     layout = ShowoReleaseConfig.from_release(json.loads((model_path / "config.json").read_text()))
     if layout.num_vq_tokens != layout.image_tokens(resolution):
         raise ValueError(f"release {str(model_path)!r} generates {layout.num_vq_tokens} image tokens; resolution "
@@ -220,15 +208,6 @@ def load_showo_t2i(model_dir: str | Path, vq_dir: str | Path | None, tokenizer_d
     vq = None if vq_dir is None else MagvitV2Decoder.from_release(vq_weights_file(vq_dir), vq_config).to(device)
     lm = load_showo_release(model_path, dtype, device)
     return ShowoT2IPolicy(lm, tokenizer, layout, resolution, vq).eval()
-
-
-def _require(directory: str | Path, what: str, file: str) -> Path:
-    path = Path(directory).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist (expected one holding {file})")
-    if not (path / file).is_file():
-        raise FileNotFoundError(f"{what} directory {str(path)!r} has no {file}")
-    return path
 
 
 def vq_weights_file(vq_dir: str | Path) -> Path:
@@ -271,7 +250,7 @@ class ShowoReleaseDirs:
 def check_release_dirs(dirs: ShowoReleaseDirs) -> None:
     """Each directory holds what it must (cheap: nothing is loaded); errors name the config key."""
     for key, what, file in (("model_dir", "Show-o model", "config.json"), ("tokenizer_dir", "tokenizer", TOKENIZER_FILE)):
-        _require(getattr(dirs, key), f"{what} (model.{key})", file)
+        require_file(getattr(dirs, key), f"{what} (model.{key})", file)
     vq_weights_file(dirs.vq_dir)
     if dirs.dtype not in DTYPES:
         raise ValueError(f"model.dtype={dirs.dtype!r} is not one of {sorted(DTYPES)}")
