@@ -18,6 +18,7 @@ from enum import StrEnum
 
 import torch
 
+from maskrl.models.lora import adapters_off, has_lora
 from maskrl.models.policy import MaskedPolicy, guided_logits
 from maskrl.schedule import masked_counts
 from maskrl.transition import Variant, check_variant, needs_step_tokens, transition_terms
@@ -68,8 +69,16 @@ def noise_at(step: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 
 def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cfg: SamplingConfig) -> torch.Tensor:
-    """(B, N, K) log-probs of the step's token distribution (CFG and temperature applied)."""
-    if cfg.cfg_scale:
+    """(B, N, K) log-probs of the step's token distribution (CFG and temperature applied).
+
+    With LoRA's `base_unconditional`, guidance's unconditional pass is the base model's (adapters
+    bypassed, no gradient): the policy's adapters move the conditional model alone."""
+    if cfg.cfg_scale and has_lora(policy) and policy.lora.base_unconditional:
+        cond_mask, uncond_mask = attn_mask.chunk(2) if attn_mask is not None else (None, None)
+        with torch.no_grad(), adapters_off(policy):
+            uncond = policy(null_ids, state, uncond_mask)
+        logits = guided_logits(policy(text_ids, state, cond_mask), uncond, cfg.cfg_scale, policy.preset.guidance)
+    elif cfg.cfg_scale:
         logits = policy(torch.cat([text_ids, null_ids]), torch.cat([state, state]), attn_mask)
         logits = guided_logits(*logits.chunk(2), cfg.cfg_scale, policy.preset.guidance)
     else:

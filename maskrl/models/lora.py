@@ -10,11 +10,13 @@ they adapt (its name or path, and the size and SHA-256 of its weights, checked a
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import peft
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 from maskrl.checkpoints import checkpoint_name, file_digest, resolve_checkpoint
@@ -30,6 +32,9 @@ class LoraConfig:
     alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # empty: the policy family's `lora_targets`
+    # guidance's unconditional pass runs on the base (adapters bypassed): RL moves the conditional
+    # model only, where (1 + s) c - s u would amplify any drift of u (bench/study_cfg_drift.py)
+    base_unconditional: bool = False
 
 
 def check_lora(cfg: LoraConfig) -> None:
@@ -38,6 +43,8 @@ def check_lora(cfg: LoraConfig) -> None:
         raise ValueError(f"rank must be 0 (full fine-tuning) or positive, got {cfg.rank}")
     if cfg.rank and cfg.alpha <= 0:
         raise ValueError(f"alpha must be positive, got {cfg.alpha}")
+    if cfg.base_unconditional and not cfg.rank:
+        raise ValueError("base_unconditional bypasses the adapters in guidance's unconditional pass: it needs rank > 0")
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
@@ -77,6 +84,23 @@ def _identity_file(base_dir: Path) -> Path:
     weights lie in the release's own directory)."""
     weights = base_dir / "model.safetensors"
     return weights if weights.is_file() else base_dir / "config.json"
+
+
+@contextlib.contextmanager
+def adapters_off(policy: torch.nn.Module):
+    """The base model alone inside (every adapter bypassed); which tensors train is left as it was."""
+    layers = [m for m in policy.lora_host.modules() if isinstance(m, BaseTunerLayer)]
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)  # peft makes every active adapter trainable again ...
+        policy.requires_grad_(False)
+        for p in trainable:  # ... so restore exactly what trained before
+            p.requires_grad_(True)
 
 
 def trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:

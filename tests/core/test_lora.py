@@ -8,10 +8,12 @@ from safetensors.torch import load_file
 
 from actors import weights
 from maskrl.config import ConfigError
-from maskrl.grpo import GRPOConfig
+from maskrl.grpo import GRPOConfig, score_pairs
 from maskrl.grpo.optim import adamw_step, make_optimizer
+from maskrl.iteration import rollout_groups
 from maskrl.models import load_policy, save_policy
-from maskrl.models.lora import ADAPTER_FILE, LoraConfig, add_lora, for_training, trainable_state
+from maskrl.models.lora import ADAPTER_FILE, LoraConfig, add_lora, check_lora, for_training, trainable_state
+from maskrl.sampling import SamplingConfig, step_logprobs, text_inputs
 from maskrl.train_config import load_train_config
 from tests.helpers import tiny_checkpoint
 
@@ -113,3 +115,33 @@ def test_published_weights_are_the_adapters_only(base, adopt):
     assert torch.equal(logits(worker), logits(learner))
     with pytest.raises(ValueError, match="unexpected"):  # a full state dict is not what a LoRA worker takes
         weights.load_numpy(lora_policy(base), weights.to_numpy(learner.state_dict()))
+
+
+def test_base_unconditional_guides_the_adapted_conditional_with_the_base_unconditional(base):
+    """`lora.base_unconditional`: guidance is (1 + s) c_adapted - s u_base; the unconditional pass gets
+    no gradient; the sampler's recorded log-probs equal the learner's; the flag survives a checkpoint."""
+    plain = load_policy(base)
+    adapted = for_training(load_policy(base), LoraConfig(rank=4, base_unconditional=True), base)
+    train_adapters(adapted)
+    sampling = SamplingConfig(steps=4, cfg_scale=3.0, variant="candidate1")
+    text = adapted.encode_prompts(["a red circle", "two blue squares"])
+    state = torch.randint(0, adapted.mask_code + 1, (2, adapted.num_image_tokens), generator=torch.Generator().manual_seed(5))
+    null, mask = text_inputs(adapted, text, sampling)
+    got = step_logprobs(adapted, text, null, state, mask, sampling)
+    with torch.no_grad():
+        expected = torch.log_softmax(4 * adapted(text, state) - 3 * plain(null, state), -1)
+    torch.testing.assert_close(got, expected)
+    got[..., 0].sum().backward()  # only the conditional pass carries a gradient, into the adapters only
+    assert all(p.grad is None for n, p in adapted.named_parameters() if "lora_" not in n)
+    adapted.zero_grad(set_to_none=True)
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable == set(trainable_state(adapted))  # bypassing the adapters left what trains unchanged
+
+    batch = rollout_groups(adapted, [(0, "a red circle"), (1, "three squares")], 2, sampling, torch.Generator().manual_seed(0), 0)
+    traj, step = torch.arange(4).repeat_interleave(4), torch.arange(4).repeat(4)
+    with torch.no_grad():
+        recomputed, _ = score_pairs(adapted, batch, traj, step, sampling)
+    torch.testing.assert_close(recomputed, batch.behaviour(traj, step), atol=1e-5, rtol=0)
+    assert load_policy(save_policy(adapted, base + "-lora")).lora.base_unconditional
+    with pytest.raises(ValueError, match="needs rank > 0"):
+        check_lora(LoraConfig(base_unconditional=True))
