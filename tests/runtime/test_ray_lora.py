@@ -20,7 +20,9 @@ def lora_config(out):
     of 2 prompts x 4."""
     cfg = tiny_config("base", out, weight_transport="collective")
     cfg.grpo = dataclasses.replace(cfg.grpo, prompts_per_iter=2, minibatch_pairs=8)
-    return dataclasses.replace(cfg, iterations=2, lora=LoraConfig(rank=4))
+    # guided rollouts whose unconditional pass bypasses the adapters, on the workers and the learner alike
+    sampling = dataclasses.replace(cfg.sampling, cfg_scale=2.0)
+    return dataclasses.replace(cfg, iterations=2, sampling=sampling, lora=LoraConfig(rank=4, base_unconditional=True))
 
 
 def test_lora_run_trains_sends_and_saves_only_adapters_and_resumes_exactly(ray_instance, tmp_path):
