@@ -14,12 +14,19 @@ import argparse
 import torch
 
 from maskrl.evaluation import held_out_prompts, load_checkpoint
-from maskrl.sampling import SamplingConfig, sample
+from maskrl.sampling import SamplingConfig, sample, step_logprobs, text_inputs
 
 
 def mean_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, where: torch.Tensor) -> float:
     p, q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
     return float((p.exp() * (p - q)).sum(-1)[where].mean())
+
+
+def guided(policy, text, state, s: float) -> torch.Tensor:
+    """The log-probs the sampler draws from at guidance scale s (LoRA's base_unconditional included)."""
+    sampling = SamplingConfig(cfg_scale=s)
+    null, mask = text_inputs(policy, text, sampling)
+    return step_logprobs(policy, text, null, state, mask, sampling)
 
 
 def main(argv=None) -> None:
@@ -39,12 +46,12 @@ def main(argv=None) -> None:
     masked = state == base.mask_code
     text, null = base.encode_prompts(prompts), base.null_prompts(len(prompts))
     with torch.no_grad():
-        cb, ct, ub, ut = base(text, state), trained(text, state), base(null, state), trained(null, state)
-    print(f"{args.checkpoint} vs {args.base}: mean KL(trained || base) per masked position, {args.prompts} held-out prompts")
-    print(f"  unconditional          {mean_kl(ut, ub, masked):.4f}")
-    for s in args.scales:
-        print(f"  guided, s = {s:<4g}       {mean_kl((1 + s) * ct - s * ut, (1 + s) * cb - s * ub, masked):.4f}"
-              + ("   (the conditional alone)" if s == 0 else ""))
+        ub, ut = base(null, state), trained(null, state)
+        print(f"{args.checkpoint} vs {args.base}: mean KL(trained || base) per masked position, {args.prompts} held-out prompts")
+        print(f"  unconditional network  {mean_kl(ut, ub, masked):.4f}")
+        for s in args.scales:
+            print(f"  sampled, s = {s:<4g}      {mean_kl(guided(trained, text, state, s), guided(base, text, state, s), masked):.4f}"
+                  + ("   (the conditional alone)" if s == 0 else ""))
 
 
 if __name__ == "__main__":
