@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +26,7 @@ def lora_config(out):
     return dataclasses.replace(cfg, iterations=2, sampling=sampling, lora=LoraConfig(rank=4, base_unconditional=True))
 
 
+@pytest.mark.slow  # three Ray runs; LoRA over Ray is also in make test through test_ray_real_models
 def test_lora_run_trains_sends_and_saves_only_adapters_and_resumes_exactly(ray_instance, tmp_path):
     whole = train(lora_config(tmp_path / "whole"))
     final = whole.checkpoint
