@@ -182,20 +182,6 @@ def test_shapes_clip_training_smoke(shapes_clip_dir, batch):
     assert out_scores.shape == (6,) and np.all(np.abs(out_scores) <= 1 + 1e-5)
 
 
-@pytest.mark.parametrize("size", [16, 32, 224, 40])
-def test_tensor_preprocessing_equals_the_pil_transform(batch, size):
-    """The batched tensor path of `preprocess` gives what open_clip's own PIL transform gives
-    (40: not a multiple of 16, so the PIL path with a real resize is taken)."""
-    import open_clip
-
-    from maskrl.rewards.pixels import to_pil
-
-    images, _ = batch
-    transform = open_clip.image_transform(size, is_train=False)
-    pil = torch.stack([transform(img) for img in to_pil(images, size)])
-    torch.testing.assert_close(preprocess(images, transform, size), pil)
-
-
 def test_shapes_clip_training_pixels_equal_the_served_preprocessing(shapes_clip_dir, batch):
     from maskrl.rewards.clip import ShapesClipReward
     from maskrl.rewards.train_shapes_clip import grids_to_pixels
@@ -399,15 +385,3 @@ def test_non_finite_rewards_are_dropped_and_counted_by_prepare():
     assert prepared.metrics["reward/mean"] == pytest.approx(np.mean([v for v in values if np.isfinite(v)]))
     assert torch.isfinite(prepared.batch.advantage).all()
 
-
-def test_a_real_models_rgb_images_go_through_the_rewards_own_transform():
-    """(B, H, W, 3) RGB images (Show-o's decoded pixels) are not palette grids: each goes through the
-    open_clip transform as a PIL image, resized to the model's input."""
-    import open_clip
-
-    from PIL import Image
-
-    rgb = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    transform = open_clip.image_transform(32, is_train=False)
-    expected = torch.stack([transform(Image.fromarray(img)) for img in rgb])
-    torch.testing.assert_close(preprocess(rgb, transform, 32), expected)
