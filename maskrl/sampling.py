@@ -19,7 +19,7 @@ from enum import StrEnum
 import torch
 
 from maskrl.models.lora import adapters_off, has_lora
-from maskrl.models.policy import MaskedPolicy, guided_logits
+from maskrl.models.policy import MaskedPolicy, guidance_active, guided_logits
 from maskrl.schedule import masked_counts
 from maskrl.transition import Variant, check_variant, needs_step_tokens, transition_terms
 
@@ -73,12 +73,13 @@ def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cf
 
     With LoRA's `base_unconditional`, guidance's unconditional pass is the base model's (adapters
     bypassed, no gradient): the policy's adapters move the conditional model alone."""
-    if cfg.cfg_scale and has_lora(policy) and policy.lora.base_unconditional:
+    guided = guidance_active(cfg.cfg_scale, policy.preset.guidance)
+    if guided and has_lora(policy) and policy.lora.base_unconditional:
         cond_mask, uncond_mask = attn_mask.chunk(2) if attn_mask is not None else (None, None)
         with torch.no_grad(), adapters_off(policy):
             uncond = policy(null_ids, state, uncond_mask)
         logits = guided_logits(policy(text_ids, state, cond_mask), uncond, cfg.cfg_scale, policy.preset.guidance)
-    elif cfg.cfg_scale:
+    elif guided:
         logits = policy(torch.cat([text_ids, null_ids]), torch.cat([state, state]), attn_mask)
         logits = guided_logits(*logits.chunk(2), cfg.cfg_scale, policy.preset.guidance)
     else:
@@ -88,7 +89,7 @@ def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cf
 
 def text_inputs(policy: MaskedPolicy, text_ids: torch.Tensor, cfg: SamplingConfig):
     """(null ids or None, attention mask) for a batch, built once and reused every step."""
-    if not cfg.cfg_scale:
+    if not guidance_active(cfg.cfg_scale, policy.preset.guidance):
         return None, policy.attention_mask(text_ids)
     null_ids = policy.null_prompts(len(text_ids)).to(text_ids.device)
     return null_ids, policy.attention_mask(torch.cat([text_ids, null_ids]))

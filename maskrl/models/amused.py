@@ -167,14 +167,7 @@ class AmusedPolicy(nn.Module):
 
     # -- pixels -------------------------------------------------------------------------
     def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
-        """(B, N) codes -> (B, H, W, 3) RGB uint8, through the VQ as the pipeline decodes and rounds."""
-        codes = tokens.to(self.vqvae.device, torch.long).reshape(-1, *self.grid_shape)
-        if len(codes) and not (0 <= int(codes.min()) and int(codes.max()) < self.mask_code):
-            raise ValueError(f"codes outside 0..{self.mask_code - 1} (a mask left in the tokens?)")
-        shape = (*codes.shape, self.vqvae.config.latent_channels)
-        with torch.no_grad():
-            pixels = self.vqvae.decode(codes, force_not_quantize=True, shape=shape).sample.clip(0, 1)
-        return (pixels.permute(0, 2, 3, 1).float().cpu() * 255).round().to(torch.uint8).numpy()
+        return AmusedDecoder(self.vqvae, self.grid_shape)(tokens)
 
     # -- training -----------------------------------------------------------------------
     @property
@@ -196,6 +189,24 @@ class AmusedPolicy(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class AmusedDecoder:
+    """aMUSEd codes -> RGB through the VQ alone: all a reward worker loads (no transformer, no CLIP)."""
+
+    def __init__(self, vqvae: VQModel, grid_shape: tuple[int, int]):
+        self.vqvae, self.grid_shape = vqvae.requires_grad_(False).eval(), grid_shape
+
+    def __call__(self, tokens: torch.Tensor) -> np.ndarray:
+        """(B, N) codes -> (B, H, W, 3) RGB uint8, as the pipeline decodes and rounds."""
+        codebook = self.vqvae.config.num_vq_embeddings
+        codes = tokens.to(self.vqvae.device, torch.long).reshape(-1, *self.grid_shape)
+        if len(codes) and not (0 <= int(codes.min()) and int(codes.max()) < codebook):
+            raise ValueError(f"codes outside 0..{codebook - 1} (a mask left in the tokens?)")
+        shape = (*codes.shape, self.vqvae.config.latent_channels)
+        with torch.no_grad():
+            pixels = self.vqvae.decode(codes, force_not_quantize=True, shape=shape).sample.clip(0, 1)
+        return (pixels.permute(0, 2, 3, 1).float().cpu() * 255).round().to(torch.uint8).numpy()
 
 
 def _checkpointed(forward, *args, **kwargs):
@@ -222,15 +233,27 @@ def load_amused(directory: str | Path, dtype: torch.dtype = torch.float32, devic
     local = {"local_files_only": True, "use_safetensors": True}
     transformer = UVit2DModel.from_pretrained(transformer_dir, dtype=dtype, **local) if transformer_dir else \
         UVit2DModel.from_pretrained(root, subfolder="transformer", dtype=dtype, **local)
-    vq_config = VQModel.load_config(root, subfolder="vqvae", local_files_only=True)
-    vq_dtype = torch.float32 if dtype == torch.float16 and vq_config.get("force_upcast") else dtype
-    vqvae = VQModel.from_pretrained(root, subfolder="vqvae", dtype=vq_dtype, **local)
+    vqvae = _load_vq(root, dtype)
     text_encoder = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder", dtype=dtype, **local)
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
     scheduler = AmusedScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True)
     policy = AmusedPolicy(transformer.to(device), vqvae.to(device), text_encoder.to(device), tokenizer, scheduler)
     policy.release = (str(root.resolve()), dtype)
     return policy.eval()
+
+
+def _load_vq(root: Path, dtype: torch.dtype) -> VQModel:
+    """The release's VQ, in float32 where the pipeline would upcast it."""
+    vq_config = VQModel.load_config(root, subfolder="vqvae", local_files_only=True)
+    vq_dtype = torch.float32 if dtype == torch.float16 and vq_config.get("force_upcast") else dtype
+    return VQModel.from_pretrained(root, subfolder="vqvae", dtype=vq_dtype, local_files_only=True, use_safetensors=True)
+
+
+def load_amused_decoder(directory: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> AmusedDecoder:
+    """The release's VQ decoder alone, on the token grid its transformer config names."""
+    root = check_amused_dir(directory)
+    side = UVit2DModel.load_config(root, subfolder="transformer", local_files_only=True)["sample_size"]
+    return AmusedDecoder(_load_vq(root, dtype).to(device), (side, side))
 
 
 # -- the release as a maskrl checkpoint: a reference to its directory, nothing converted ---------------

@@ -28,9 +28,9 @@ INIT_SEED = 0
 
 @dataclass
 class LoraConfig:
+    # no dropout: the learner's recomputed log-probs must equal the sampler's (the ratio starts at 1)
     rank: int = 0  # 0: full fine-tuning (every weight trains, travels and is saved)
     alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
-    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # empty: the policy family's `lora_targets`
     # guidance's unconditional pass runs on the base (adapters bypassed): RL moves the conditional
     # model only, where (1 + s) c - s u would amplify any drift of u (bench/study_cfg_drift.py)
@@ -45,8 +45,6 @@ def check_lora(cfg: LoraConfig) -> None:
         raise ValueError(f"alpha must be positive, got {cfg.alpha}")
     if cfg.base_unconditional and not cfg.rank:
         raise ValueError("base_unconditional bypasses the adapters in guidance's unconditional pass: it needs rank > 0")
-    if not 0 <= cfg.dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
 
 def has_lora(policy: torch.nn.Module) -> bool:
@@ -61,7 +59,7 @@ def add_lora(policy: torch.nn.Module, cfg: LoraConfig, base_dir: str | Path) -> 
         raise ValueError("the policy has LoRA adapters already")
     cfg = resolved(policy, cfg)
     policy.requires_grad_(False)
-    spec = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules))
+    spec = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(cfg.target_modules))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)

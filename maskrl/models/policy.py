@@ -33,6 +33,12 @@ class SamplerPreset:
     mask_rounding: MaskRounding = MaskRounding.float64
 
 
+def guidance_active(scale: float, guidance: Guidance) -> bool:
+    """Whether a step runs the unconditional pass: Show-o guides at any s != 0; diffusers' pipelines
+    only above s = 1 (at s <= 1 they use the conditional logits alone)."""
+    return scale > 1 if guidance == Guidance.diffusers else scale != 0
+
+
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float, guidance: Guidance) -> torch.Tensor:
     if guidance == Guidance.showo:
         return (1 + scale) * cond - scale * uncond

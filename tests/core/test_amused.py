@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AmusedPipeline, AmusedScheduler
+from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel
+from transformers import CLIPTextModelWithProjection
 
 from maskrl.grpo import score_pairs
 from maskrl.iteration import rollout_groups
@@ -178,7 +179,8 @@ def test_maskrl_samples_and_scores_amused_with_its_preset(policy, variant):
     assert policy.decode_images(batch.tokens).shape == (4, PIXELS, PIXELS, 3)
 
 
-@pytest.mark.parametrize("steps, scale", [(3, 2.0), (12, 10.0), (16, 4.0)])  # (12, 10.0): the pipeline's defaults
+# (12, 10.0): the pipeline's defaults; at s <= 1 the pipeline does not guide
+@pytest.mark.parametrize("steps, scale", [(3, 2.0), (12, 10.0), (16, 4.0), (4, 1.0), (4, 0.5)])
 def test_maskrl_sampler_reproduces_amused_pipeline(policy, steps, scale):
     """AmusedPipeline as the oracle: with the preset and the scheduler's noise, maskrl's sampler makes
     the same random draws in the same order (per step a multinomial over every token, then one uniform
@@ -249,6 +251,19 @@ def test_checkpointed_gradients_equal_plain_ones(release):
         torch.testing.assert_close(checkpointed[k], plain[k], rtol=1e-5, atol=1e-7)
     with torch.no_grad():  # no recomputation outside autograd; same logits
         torch.testing.assert_close(policy(text, state), load_amused(release)(text, state), rtol=0, atol=0)
+
+
+def test_reward_workers_load_the_vq_alone(release, policy, tmp_path, monkeypatch):
+    """A reward worker decodes through the release's VQ without building the transformer or CLIP."""
+    ref = write_amused_reference(release, "float32", tmp_path / "ref")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reward worker's decoder loaded a model part it does not need")
+
+    for part in (UVit2DModel, CLIPTextModelWithProjection):
+        monkeypatch.setattr(part, "from_pretrained", refuse)
+    tokens = torch.randint(0, CODES, (2, GRID * GRID), generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(image_decoder(ref)(tokens), policy.decode_images(tokens))
 
 
 def test_release_reference_lora_and_full_fine_tuning_checkpoints(release, policy, tmp_path):

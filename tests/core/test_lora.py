@@ -99,9 +99,10 @@ def test_an_adapter_checkpoint_refuses_a_changed_base(base, tmp_path):
 def test_unknown_target_module_and_bad_values_are_named(base, tmp_path):
     with pytest.raises(ValueError, match=r"lora.target_modules=\['attn_proj'\]"):
         add_lora(load_policy(base), LoraConfig(rank=4, target_modules=["attn_proj"]), base)
-    for override, message in (("lora.rank=-1", "rank must be 0"), ("lora.dropout=1.5", "dropout must be in")):
-        with pytest.raises(ConfigError, match=f"config key 'lora': {message}"):
-            load_train_config("configs/shapes_cpu.yaml", [override, f"out={tmp_path}"])
+    with pytest.raises(ConfigError, match="config key 'lora': rank must be 0"):
+        load_train_config("configs/shapes_cpu.yaml", ["lora.rank=-1", f"out={tmp_path}"])
+    with pytest.raises(ConfigError, match="dropout"):  # a stochastic learner forward breaks recorded = recomputed
+        load_train_config("configs/shapes_cpu.yaml", ["lora.dropout=0.1", f"out={tmp_path}"])
 
 
 @pytest.mark.parametrize("adopt", [False, True], ids=["copy", "adopt"])
