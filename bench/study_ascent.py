@@ -7,7 +7,7 @@ moved a fixed L2 distance along their mean, and along a random direction for con
 reward of the same prompts is measured with common random numbers (the same sampler seed), so
 the difference is the step's effect and not sampling noise.
 
-    python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16
+    python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16 --distances 0.1 0.3 1.0
 """
 from __future__ import annotations
 
