@@ -72,6 +72,7 @@ def main(argv=None) -> None:
     p.add_argument("--eval-samples", type=int, default=16, help="samples per prompt to measure the reward")
     p.add_argument("--distances", type=float, nargs="+", default=[0.1, 0.3], help="L2 lengths of the parameter step")
     p.add_argument("--steps-per-traj", type=int, default=8, help="unmasking steps of each trajectory in the gradient")
+    p.add_argument("--category", help="draw the prompts from this ShapesEval category only (default: all six)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -82,11 +83,11 @@ def main(argv=None) -> None:
     sampling = SamplingConfig(steps=16, cfg_scale=args.cfg_scale, variant=args.variant)
     cfg = GRPOConfig(group_size=args.group, prompts_per_iter=args.prompts, steps_per_traj=args.steps_per_traj, epochs=1,
                      minibatch_pairs=64)
-    prompts = PromptStream(0).take(args.prompts)
+    prompts = PromptStream(0, {args.category: 1.0} if args.category else None).take(args.prompts)
     g1 = flat(gradient(policy, prompts, cfg, sampling, reward, seed=1))
     g2 = flat(gradient(policy, prompts, cfg, sampling, reward, seed=2))
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
-    print(f"{args.variant}, CFG {args.cfg_scale}: {args.prompts} prompts x {args.group} rollouts per estimate; "
+    print(f"{args.variant}, CFG {args.cfg_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
           f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}")
     texts = [t for _, t in prompts for _ in range(args.eval_samples)]
     base_r, base_p = reward_of(policy, texts, sampling, reward, seed=99)
