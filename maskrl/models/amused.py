@@ -112,6 +112,7 @@ class AmusedPolicy(nn.Module):
         self.tokenizer, self.scheduler = tokenizer, scheduler
         object.__setattr__(self, "text_encoder", text_encoder.requires_grad_(False).eval())
         object.__setattr__(self, "vqvae", vqvae.requires_grad_(False).eval())
+        self._decoder = AmusedDecoder(vqvae, self.grid_shape)
         self._text_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- text ---------------------------------------------------------------------------
@@ -167,7 +168,7 @@ class AmusedPolicy(nn.Module):
 
     # -- pixels -------------------------------------------------------------------------
     def decode_images(self, tokens: torch.Tensor) -> np.ndarray:
-        return AmusedDecoder(self.vqvae, self.grid_shape)(tokens)
+        return self._decoder(tokens)
 
     # -- training -----------------------------------------------------------------------
     @property

@@ -94,12 +94,12 @@ def image_decoder(directory: str | Path) -> ImageDecoder:
         return image_decoder(resolve_checkpoint(meta["lora"]["base"]["checkpoint"]))
     if meta["format"] == SHAPES_FORMAT:
         return PaletteTokenizer().decode
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if meta["format"] == AMUSED_FORMAT:
         from maskrl.models.amused import DTYPES, load_amused_decoder  # diffusers is imported only for aMUSEd
 
-        return load_amused_decoder(meta["directory"], DTYPES[meta["dtype"]], "cuda" if torch.cuda.is_available() else "cpu")
+        return load_amused_decoder(meta["directory"], DTYPES[meta["dtype"]], device)
     dirs = ShowoReleaseDirs(**{k: meta[k] for k in ShowoReleaseDirs.__dataclass_fields__})
-    vq = MagvitV2Decoder.from_release(vq_weights_file(dirs.vq_dir), dirs.vq_architecture())
-    vq = vq.to("cuda" if torch.cuda.is_available() else "cpu")
+    vq = MagvitV2Decoder.from_release(vq_weights_file(dirs.vq_dir), dirs.vq_architecture()).to(device)
     side = dirs.resolution // vq.config.upscale
     return lambda tokens: decode_pixels(vq, tokens, (side, side))
