@@ -16,6 +16,7 @@ import copy
 
 import numpy as np
 import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from maskrl.evaluation import load_checkpoint
 from maskrl.grpo import GRPOConfig, grpo_update
@@ -25,7 +26,7 @@ from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig, sample
 
 
-def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int) -> list[torch.Tensor]:
+def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int) -> torch.Tensor:
     """One GRPO gradient estimate (of the loss's negative: an ascent direction) from fresh rollouts."""
     gen = torch.Generator().manual_seed(seed)
     policy.eval()
@@ -37,21 +38,14 @@ def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward,
         return 0.0
 
     grpo_update(policy, None, prepare(batch, cfg).batch, cfg, sampling, accumulate, gen)
-    return [-p.grad.detach().clone() for p in policy.parameters()]
-
-
-def flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+    return -parameters_to_vector(p.grad for p in policy.parameters())
 
 
 def moved(policy, direction: torch.Tensor, distance: float):
+    """A copy of `policy` moved `distance` (L2, over all parameters) along `direction`."""
     out = copy.deepcopy(policy)
     with torch.no_grad():
-        step = direction / direction.norm() * distance
-        at = 0
-        for p in out.parameters():
-            p.add_(step[at: at + p.numel()].view_as(p))
-            at += p.numel()
+        vector_to_parameters(parameters_to_vector(out.parameters()) + direction / direction.norm() * distance, out.parameters())
     return out
 
 
@@ -84,8 +78,8 @@ def main(argv=None) -> None:
     cfg = GRPOConfig(group_size=args.group, prompts_per_iter=args.prompts, steps_per_traj=args.steps_per_traj, epochs=1,
                      minibatch_pairs=64)
     prompts = PromptStream(0, {args.category: 1.0} if args.category else None).take(args.prompts)
-    g1 = flat(gradient(policy, prompts, cfg, sampling, reward, seed=1))
-    g2 = flat(gradient(policy, prompts, cfg, sampling, reward, seed=2))
+    g1 = gradient(policy, prompts, cfg, sampling, reward, seed=1)
+    g2 = gradient(policy, prompts, cfg, sampling, reward, seed=2)
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
     print(f"{args.variant}, CFG {args.cfg_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
           f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}")
