@@ -5,7 +5,9 @@ rewards, group advantages, K random unmasking steps of every trajectory, ratio 1
 how much of one estimate is signal (two pure-noise estimates have cosine ~0). Then the policy is
 moved a fixed L2 distance along their mean, and along a random direction for control, and the
 reward of the same prompts is measured with common random numbers (the same sampler seed), so
-the difference is the step's effect and not sampling noise.
+the difference is the step's effect and not sampling noise. `--by-tensor` says where in the
+network the estimates agree (each parameter tensor's cosine); `--only REGEX` restricts both the
+estimates and the steps to the matching parameters (does a small subspace carry a usable direction?).
 
     python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16 --distances 0.1 0.3 1.0
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 
 import numpy as np
 import torch
@@ -57,6 +60,25 @@ def reward_of(policy, texts: list[str], sampling: SamplingConfig, reward, seed: 
     return out.scores, out.components["pass"]
 
 
+def subspace(policy, pattern: str) -> torch.Tensor:
+    """0/1 mask over the flat parameter vector: 1 on the parameters whose name matches `pattern`."""
+    parts = [torch.full((p.numel(),), float(bool(re.search(pattern, name)))) for name, p in policy.named_parameters()]
+    keep = torch.cat(parts)
+    if not keep.any():
+        raise SystemExit(f"--only {pattern!r} matches no parameter name")
+    print(f"subspace {pattern!r}: {int(keep.sum())} of {len(keep)} parameters")
+    return keep
+
+
+def print_tensor_cosines(policy, g1: torch.Tensor, g2: torch.Tensor) -> None:
+    """Where the shared direction lives: cosine(g1, g2) restricted to each parameter tensor."""
+    sizes = [p.numel() for p in policy.parameters()]
+    rows = [(float(torch.nn.functional.cosine_similarity(a, b, dim=0)), name, a.numel(), float((a + b).norm()))
+            for (name, _), a, b in zip(policy.named_parameters(), g1.split(sizes), g2.split(sizes))]
+    for cos, name, n, norm in sorted(rows, reverse=True):
+        print(f"    {cos:+.3f}  {name} ({n} values, |g1 + g2| {norm:.3f})")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="base")
@@ -69,6 +91,8 @@ def main(argv=None) -> None:
     p.add_argument("--category", help="draw the prompts from this ShapesEval category only (default: all six)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", help="regex of parameter names: measure and step in their subspace alone (e.g. embed_tokens)")
+    p.add_argument("--by-tensor", action="store_true", help="also print the cosine of each parameter tensor's part")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -80,13 +104,17 @@ def main(argv=None) -> None:
     prompts = PromptStream(0, {args.category: 1.0} if args.category else None).take(args.prompts)
     g1 = gradient(policy, prompts, cfg, sampling, reward, seed=1)
     g2 = gradient(policy, prompts, cfg, sampling, reward, seed=2)
+    if args.by_tensor:
+        print_tensor_cosines(policy, g1, g2)
+    keep = subspace(policy, args.only) if args.only else torch.ones_like(g1)
+    g1, g2 = g1 * keep, g2 * keep
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
     print(f"{args.variant}, CFG {args.cfg_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
           f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}")
     texts = [t for _, t in prompts for _ in range(args.eval_samples)]
     base_r, base_p = reward_of(policy, texts, sampling, reward, seed=99)
     print(f"start: reward {base_r.mean():.3f} pass {base_p.mean():.3f} ({len(texts)} images)")
-    rand = torch.randn(g1.shape, generator=torch.Generator().manual_seed(5))
+    rand = torch.randn(g1.shape, generator=torch.Generator().manual_seed(5)) * keep
     for distance in args.distances:
         for name, direction in (("gradient", g1 + g2), ("random", rand)):
             r, q = reward_of(moved(policy, direction, distance), texts, sampling, reward, seed=99)
