@@ -201,11 +201,28 @@ def test_maskrl_sampler_reproduces_amused_pipeline(policy, steps, scale):
     assert not torch.equal(off.tokens, rollout.tokens)  # the noise schedule matters: the match is not trivial
 
 
+KEY_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "amused_release_keys.txt"
+TRANSFORMER_PARAMS = {16: 603_537_664, 32: 608_257_792}  # aMUSEd's ~603 M-parameter transformer; 512 adds the resampling
+VQ_PARAMS = 146_244_675
+
+
+def _release_keys(side: int) -> dict[str, tuple[int, ...]]:
+    rows = [line.split() for line in KEY_FIXTURE.read_text().splitlines() if line and not line.startswith("#")]
+    return {name: tuple(int(d) for d in shape.split(",")) for name, shape, releases in rows
+            if str(side * 16) in releases.split(",")}
+
+
 @pytest.mark.parametrize("side", [16, 32], ids=["amused-256", "amused-512"])
 def test_release_sizes(side):
     """The released architectures on the meta device (no weights; `maskrl.models.random_amused`):
-    UVit2DModel's defaults with the release's sample_size and down/up-sampling, its VQ, CLIP-L."""
+    UVit2DModel's defaults with the release's sample_size and down/up-sampling, its VQ, CLIP-L; every
+    transformer/ and vqvae/ weight name and shape is the release's (the committed fixture)."""
     policy = random_amused(side, device="meta")
+    actual = {f"{part}/{name}": tuple(t.shape) for part in ("transformer", "vqvae")
+              for name, t in getattr(policy, part).state_dict().items()}
+    assert actual == _release_keys(side)
+    assert sum(p.numel() for p in policy.transformer.parameters()) == TRANSFORMER_PARAMS[side]
+    assert sum(p.numel() for p in policy.vqvae.parameters()) == VQ_PARAMS
     assert (policy.num_image_tokens, policy.grid_shape, policy.mask_code, policy.mask_token_id) == (side * side, (side, side), 8192, 8255)
     assert policy.micro_conditioning == (side * 16, side * 16, 0, 0, 6)
     logits = policy(policy.encode_prompts(["a cat", ""]), torch.full((2, side * side), 8192))
