@@ -8,6 +8,8 @@ reward of the same prompts is measured with common random numbers (the same samp
 the difference is the step's effect and not sampling noise. `--by-tensor` says where in the
 network the estimates agree (each parameter tensor's cosine); `--only REGEX` restricts both the
 estimates and the steps to the matching parameters (does a small subspace carry a usable direction?).
+`--metric fisher` sizes every step by the KL it causes in the sampler's token distributions and adds
+the natural gradient F^-1 g (maskrl.grpo.natural): does a step in the policy's own metric ascend?
 
     python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16 --distances 0.1 0.3 1.0
 """
@@ -23,14 +25,16 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from maskrl.evaluation import load_checkpoint
 from maskrl.grpo import GRPOConfig, grpo_update
+from maskrl.grpo.natural import FisherProduct, conjugate_gradient, kl_length
 from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.rewards import build_reward
 from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig, sample
 
 
-def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int) -> torch.Tensor:
-    """One GRPO gradient estimate (of the loss's negative: an ascent direction) from fresh rollouts."""
+def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int):
+    """One GRPO gradient estimate (of the loss's negative: an ascent direction) from fresh rollouts,
+    and the scored batch it came from."""
     gen = torch.Generator().manual_seed(seed)
     policy.eval()
     batch, _ = score(rollout_groups(policy, prompts, cfg.group_size, sampling, gen, 0), reward, policy.decode_images)
@@ -41,15 +45,35 @@ def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward,
         return 0.0
 
     grpo_update(policy, None, prepare(batch, cfg).batch, cfg, sampling, accumulate, gen)
-    return -parameters_to_vector(p.grad for p in policy.parameters())
+    return -parameters_to_vector(p.grad for p in policy.parameters()), batch
 
 
-def moved(policy, direction: torch.Tensor, distance: float):
-    """A copy of `policy` moved `distance` (L2, over all parameters) along `direction`."""
+def moved(policy, step: torch.Tensor):
+    """A copy of `policy` moved by `step` (flat, over all parameters)."""
     out = copy.deepcopy(policy)
     with torch.no_grad():
-        vector_to_parameters(parameters_to_vector(out.parameters()) + direction / direction.norm() * distance, out.parameters())
+        vector_to_parameters(parameters_to_vector(out.parameters()) + step, out.parameters())
     return out
+
+
+def fisher_metric(policy, batch, sampling: SamplingConfig, pairs: int, keep: torch.Tensor):
+    """The token distributions' Fisher product (maskrl.grpo.natural) at `pairs` random (trajectory,
+    step) pairs of `batch`, restricted to the subspace `keep`."""
+    gen = torch.Generator().manual_seed(3)
+    traj = torch.randint(len(batch), (pairs,), generator=gen)
+    step = torch.randint(batch.steps, (pairs,), generator=gen)
+    fisher = FisherProduct(policy, batch, traj, step, sampling)
+    return lambda v: fisher(v * keep) * keep
+
+
+def natural_directions(product, g1: torch.Tensor, g2: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """F^-1 g1 and F^-1 g2 (damped conjugate gradient), and their cosine in the metric F."""
+    g = g1 + g2
+    lam = damping * float(g @ product(g)) / float(g @ g)  # relative to F's curvature along the gradient
+    n1, n2 = (conjugate_gradient(product, gi, iterations=20, damping=lam) for gi in (g1, g2))
+    cos = float(n1 @ product(n2)) / (float(n1 @ product(n1)) * float(n2 @ product(n2))) ** 0.5
+    print(f"natural gradient (damping {damping:g} x the curvature along g): cosine_F(F^-1 g1, F^-1 g2) {cos:+.3f}")
+    return n1, n2
 
 
 def reward_of(policy, texts: list[str], sampling: SamplingConfig, reward, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +110,12 @@ def main(argv=None) -> None:
     p.add_argument("--prompts", type=int, default=12, help="training prompts (stream seed 0)")
     p.add_argument("--group", type=int, default=16, help="rollouts per prompt per gradient estimate")
     p.add_argument("--eval-samples", type=int, default=16, help="samples per prompt to measure the reward")
-    p.add_argument("--distances", type=float, nargs="+", default=[0.1, 0.3], help="L2 lengths of the parameter step")
+    p.add_argument("--distances", type=float, nargs="+", default=[0.1, 0.3],
+                   help="step sizes: L2 lengths of the parameter step, or with --metric fisher the mean KL a position")
+    p.add_argument("--metric", choices=["l2", "fisher"], default="l2",
+                   help="fisher: size steps in the token distributions' KL and add the natural gradient F^-1 g")
+    p.add_argument("--fisher-pairs", type=int, default=64, help="(trajectory, step) pairs the Fisher is taken at")
+    p.add_argument("--damping", type=float, default=0.1, help="conjugate gradient's damping, relative to F along g")
     p.add_argument("--steps-per-traj", type=int, default=8, help="unmasking steps of each trajectory in the gradient")
     p.add_argument("--category", help="draw the prompts from this ShapesEval category only (default: all six)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
@@ -102,8 +131,8 @@ def main(argv=None) -> None:
     cfg = GRPOConfig(group_size=args.group, prompts_per_iter=args.prompts, steps_per_traj=args.steps_per_traj, epochs=1,
                      minibatch_pairs=64)
     prompts = PromptStream(0, {args.category: 1.0} if args.category else None).take(args.prompts)
-    g1 = gradient(policy, prompts, cfg, sampling, reward, seed=1)
-    g2 = gradient(policy, prompts, cfg, sampling, reward, seed=2)
+    g1, batch = gradient(policy, prompts, cfg, sampling, reward, seed=1)
+    g2, _ = gradient(policy, prompts, cfg, sampling, reward, seed=2)
     if args.by_tensor:
         print_tensor_cosines(policy, g1, g2)
     keep = subspace(policy, args.only) if args.only else torch.ones_like(g1)
@@ -115,14 +144,24 @@ def main(argv=None) -> None:
     base_r, base_p = reward_of(policy, texts, sampling, reward, seed=99)
     print(f"start: reward {base_r.mean():.3f} pass {base_p.mean():.3f} ({len(texts)} images)")
     rand = torch.randn(g1.shape, generator=torch.Generator().manual_seed(5)) * keep
+    directions = {"gradient": g1 + g2, "random": rand}
+    if args.metric == "fisher":
+        product = fisher_metric(policy, batch, sampling, args.fisher_pairs, keep)
+        directions["natural"] = sum(natural_directions(product, g1, g2, args.damping))
+
+        def step_of(direction, distance):  # sized in the mean per-position KL it causes
+            return direction * (distance / kl_length(product, direction)) ** 0.5
+    else:
+        def step_of(direction, distance):  # sized in parameter L2
+            return direction / direction.norm() * distance
     for distance in args.distances:
-        for name, direction in (("gradient", g1 + g2), ("random", rand)):
-            r, q = reward_of(moved(policy, direction, distance), texts, sampling, reward, seed=99)
+        for name, direction in directions.items():
+            step = step_of(direction, distance)
+            r, q = reward_of(moved(policy, step), texts, sampling, reward, seed=99)
             d = r - base_r
             se = d.std(ddof=1) / np.sqrt(len(d))
             print(f"  step {distance:<5g} along {name:8s}: reward {r.mean():.3f} ({d.mean():+.3f} +- {1.96 * se:.3f}) "
-                  f"pass {q.mean():.3f} ({q.mean() - base_p.mean():+.3f})")
-
+                  f"pass {q.mean():.3f} ({q.mean() - base_p.mean():+.3f})  L2 {step.norm():.3f}")
 
 if __name__ == "__main__":
     main()
