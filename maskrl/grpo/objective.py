@@ -94,25 +94,30 @@ def pair_units(batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, s
     return unit_mask(masked_before, revealed, noise_at(step, sampling), sampling.variant)
 
 
+def _logprobs_at(policy: MaskedPolicy, batch: TrajectoryBatch, traj: torch.Tensor, masked_before: torch.Tensor,
+                 sampling: SamplingConfig) -> torch.Tensor:
+    """(P, N, K) token log-probs at the states where `masked_before` is still masked, differentiable."""
+    text_ids = batch.prompt_ids[traj].long().to(masked_before.device)
+    null_ids, attn_mask = text_inputs(policy, text_ids, sampling)
+    state = torch.where(masked_before, policy.mask_code, batch.tokens[traj].long().to(masked_before.device))
+    return step_logprobs(policy, text_ids, null_ids, state, attn_mask, sampling)
+
+
 def pair_logprobs(
     policy: MaskedPolicy, batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """((P, N, K) token log-probs at the state before each pair's step, (P, N) masked there), differentiable."""
-    dev = next(policy.parameters()).device
-    masked_before = _step_masks(batch, traj, step)[0].to(dev)
-    text_ids = batch.prompt_ids[traj].long().to(dev)
-    null_ids, attn_mask = text_inputs(policy, text_ids, sampling)
-    state = torch.where(masked_before, policy.mask_code, batch.tokens[traj].long().to(dev))
-    return step_logprobs(policy, text_ids, null_ids, state, attn_mask, sampling), masked_before
+    masked_before = _step_masks(batch, traj, step)[0].to(next(policy.parameters()).device)
+    return _logprobs_at(policy, batch, traj, masked_before, sampling), masked_before
 
 
 def score_pairs(
     policy: MaskedPolicy, batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor, sampling: SamplingConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """((P, N + 1) per-unit log-probs, units) of the pairs' transitions under `policy`, differentiable."""
-    logp, masked_before = pair_logprobs(policy, batch, traj, step, sampling)
-    dev = logp.device
-    revealed = _step_masks(batch, traj, step)[1].to(dev)
+    dev = next(policy.parameters()).device
+    masked_before, revealed = (m.to(dev) for m in _step_masks(batch, traj, step))
+    logp = _logprobs_at(policy, batch, traj, masked_before, sampling)
     tokens = batch.tokens_at(traj, step).to(dev)
     cutoff, noise = batch.cutoff[traj, step].to(dev), noise_at(step, sampling).float().to(dev)
     return transition_terms(logp, tokens, masked_before, revealed, cutoff, noise, sampling.variant)
