@@ -67,7 +67,7 @@ def fisher_metric(policy, batch, sampling: SamplingConfig, pairs: int, keep: tor
 
 
 def natural_directions(product, g1: torch.Tensor, g2: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """F^-1 g1 and F^-1 g2 (damped conjugate gradient), and their cosine in the metric F."""
+    """F^-1 g1 and F^-1 g2 (damped conjugate gradient); prints their cosine in the metric F."""
     g = g1 + g2
     lam = damping * float(g @ product(g)) / float(g @ g)  # relative to F's curvature along the gradient
     n1, n2 = (conjugate_gradient(product, gi, iterations=20, damping=lam) for gi in (g1, g2))
