@@ -1,6 +1,6 @@
 """The learner group: N ranks, each a Ray actor running DeepSpeed (ZeRO stage 0-3) on the
 policy, torch.distributed initialised inside the actors (NCCL on GPU, gloo on CPU with
-DS_ACCELERATOR=cpu), and the optimiser a client torch AdamW (`maskrl.grpo.optim.make_optimizer`).
+DS_ACCELERATOR=cpu), and the optimiser a client torch AdamW or SGD (`maskrl.grpo.optim.make_optimizer`, `grpo.optimizer`).
 
 One update = `maskrl.iteration.prepare` + `maskrl.grpo.grpo_update` on the trajectory record
 batches read zero-copy from the object store; every rank prepares the same batch and takes

@@ -16,7 +16,7 @@ import torch
 
 from maskrl.evaluation import generate, held_out_prompts, load_checkpoint
 from maskrl.rewards import build_reward
-from maskrl.sampling import SamplingConfig
+from maskrl.sampling import evaluation_sampling
 from maskrl.world import CATEGORIES, detect_batch, passes
 
 
@@ -30,7 +30,7 @@ def per_category(checkpoint: str, reward, prompts, samples: int, sampling: Sampl
     return {c: (float(scores[cats == c].mean()), float(passed[cats == c].mean())) for c in CATEGORIES}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="base")
     ap.add_argument("--trained", required=True)
@@ -39,10 +39,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     reward, prompts = build_reward(args.reward), held_out_prompts(args.prompts, args.seed)
-    sampling = SamplingConfig(steps=16, noise_scale=3.0)
+    sampling = evaluation_sampling()
     base = per_category(args.base, reward, prompts, args.samples, sampling, args.seed)
     trained = per_category(args.trained, reward, prompts, args.samples, sampling, args.seed)
     print(f"{'category':<14}{'reward base':>12}{'trained':>9}{'gain':>8}{'pass base':>11}{'trained':>9}{'gain':>8}  hacked?")

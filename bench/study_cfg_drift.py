@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from maskrl.evaluation import held_out_prompts, load_checkpoint
-from maskrl.sampling import SamplingConfig, sample, step_logprobs, text_inputs
+from maskrl.sampling import SamplingConfig, evaluation_sampling, sample, step_logprobs, text_inputs
 
 
 def mean_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, where: torch.Tensor) -> float:
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     base, trained = load_checkpoint(args.base), load_checkpoint(args.checkpoint)
     prompts = [q.text for q in held_out_prompts(args.prompts, 1234)]
-    tokens = sample(base, prompts, SamplingConfig(steps=16, cfg_scale=3.0), torch.Generator().manual_seed(0)).tokens
+    tokens = sample(base, prompts, evaluation_sampling(), torch.Generator().manual_seed(0)).tokens
     gen = torch.Generator().manual_seed(1)
     share = torch.rand(len(prompts), 1, generator=gen)
     state = torch.where(torch.rand(tokens.shape, generator=gen) < share, base.mask_code, tokens)

@@ -1,5 +1,5 @@
-"""The `maskrl` command line: pretrain, generate, eval, train-local, and the commands other layers
-register (`train`, on Ray, from the actors package)."""
+"""The `maskrl` command line: pretrain, generate, eval, train-local, release-checkpoint, and the
+commands other layers register (`train`, on Ray, from the actors package)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from maskrl.config import ConfigError, load_config
-from maskrl.sampling import NOISE_SCHEDULES
+from maskrl.sampling import NOISE_SCHEDULES, evaluation_sampling
 
 
 COMMANDS = "maskrl.commands"  # entry points: add_command(subparsers) of the layers built on maskrl
@@ -155,12 +155,14 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", required=True,
                    help="text file, one prompt a line (ShapesWorld's grammar for ShapesWorld policies, free text otherwise)")
     p.add_argument("--samples", type=int, default=1, help="images per prompt")
-    p.add_argument("--steps", type=int, default=16, help="unmasking steps")
-    p.add_argument("--cfg", type=float, default=3.0,
+    protocol = evaluation_sampling()
+    p.add_argument("--steps", type=int, default=protocol.steps, help="unmasking steps")
+    p.add_argument("--cfg", type=float, default=protocol.cfg_scale,
                    help="classifier-free guidance scale (3: measured best for the shipped base, bench/study_sampling.py)")
-    p.add_argument("--noise", type=float, default=3.0, help="initial Gumbel noise scale on confidences")
-    p.add_argument("--noise-schedule", choices=NOISE_SCHEDULES, default="linear", help="how the noise anneals to 0")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the token draws")
+    p.add_argument("--noise", type=float, default=protocol.noise_scale, help="initial Gumbel noise scale on confidences")
+    p.add_argument("--noise-schedule", choices=NOISE_SCHEDULES, default=str(protocol.noise_schedule),
+                   help="how the noise anneals to 0")
+    p.add_argument("--temperature", type=float, default=protocol.temperature, help="softmax temperature of the token draws")
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -42,6 +42,12 @@ class SamplingConfig:
     micro_batch: int = 16  # images per forward; on CPU larger batches are no faster per image
 
 
+def evaluation_sampling() -> SamplingConfig:
+    """The protocol every held-out figure uses, `maskrl generate`'s defaults: 16 steps, CFG 3
+    (measured best for the shipped base by bench/study_sampling.py), linear noise 3."""
+    return SamplingConfig(steps=16, cfg_scale=3.0)
+
+
 @dataclass
 class Rollout:
     """Compact trajectories of B images: everything the learner needs, nothing more."""

@@ -10,7 +10,7 @@ from maskrl.grpo import GRPOConfig, check_grpo
 from maskrl.models.lora import LoraConfig, check_lora
 from maskrl.run_model import ModelConfig, check_run_model
 from maskrl.rewards.base import RewardConfig
-from maskrl.sampling import SamplingConfig, check_sampling
+from maskrl.sampling import SamplingConfig, check_sampling, evaluation_sampling
 
 
 @dataclass
@@ -20,8 +20,7 @@ class EvalConfig:
     samples: int = 2
     seed: int = 1234  # the held-out sample is fixed by this seed, not by the run's seed
     before: bool = True  # also evaluate the starting checkpoint (iteration 0)
-    # `maskrl generate`'s defaults: 16 steps, CFG 3 (bench/study_sampling.py)
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16, cfg_scale=3.0))
+    sampling: SamplingConfig = field(default_factory=evaluation_sampling)
 
 
 @dataclass
@@ -42,7 +41,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
     # rollouts sample as evaluation does: the unmasking schedule is the decision process
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=16, cfg_scale=3.0))
+    sampling: SamplingConfig = field(default_factory=evaluation_sampling)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

@@ -64,11 +64,6 @@ def check_variant(variant: str) -> None:
         raise ValueError(f"unknown transition variant {variant!r}; expected one of {[str(v) for v in VARIANTS]}")
 
 
-def state_before(tokens: torch.Tensor, reveal_step: torch.Tensor, step: torch.Tensor, mask_code: int) -> torch.Tensor:
-    """(P, N) image state before `step` (per row): revealed tokens, the mask elsewhere."""
-    return torch.where(reveal_step.long() < step[:, None], tokens.long(), mask_code)
-
-
 def remask_logprob(logp: torch.Tensor, cutoff: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """(P, N) log Q = log P(log p(x) + noise * g < cutoff), x ~ p, g ~ Gumbel(0, 1), per position.
 

@@ -1,7 +1,7 @@
 """One Mask-GRPO update on a scored, advantage-annotated batch, for any optimiser backend.
 
-`optimizer_step(loss) -> grad norm` is the only thing a backend supplies: plain AdamW in
-the single-process trainer, a DeepSpeed engine's backward/step in the Ray learner. With
+`optimizer_step(loss) -> grad norm` is the only thing a backend supplies: a plain torch
+optimiser (AdamW or SGD) in the single-process trainer, a DeepSpeed engine's backward/step in the Ray learner. With
 `rank`/`world_size` each rank takes its slice of every minibatch, so the gradient the
 ranks average is the single-process minibatch gradient.
 """

@@ -1,28 +1,13 @@
-"""Visual tokenizers: images <-> discrete image tokens.
-
-The interface is what a learned VQ tokenizer (Show-o's MAGVIT-v2, say) would also
-implement; ShapesWorld's palette tokenizer is exact and parameter-free: one token per
-cell, the token being the cell's palette index.
+"""ShapesWorld's visual tokenizer: images <-> discrete image tokens, exact and parameter-free
+(one token per cell, the token being the cell's palette index). Real models decode their codes
+through `MaskedPolicy.decode_images` (MAGVIT-v2, aMUSEd's VQ) instead.
 """
 from __future__ import annotations
-
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from maskrl.world import GRID, PALETTE
-
-
-class VisualTokenizer(Protocol):
-    codebook_size: int
-    grid_shape: tuple[int, int]
-
-    def encode(self, images: np.ndarray) -> torch.Tensor:
-        """(B, ...) images -> (B, H*W) int64 codes in [0, codebook_size)."""
-
-    def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """(B, H*W) codes -> (B, ...) images."""
 
 
 class PaletteTokenizer:

@@ -107,3 +107,26 @@ def test_ascent_study_prints_the_cosine_and_the_steps():
     assert re.search(r"cosine_F\(F\^-1 g1, F\^-1 g2\) [+-]\d\.\d{3}", proc.stdout), proc.stdout
     for direction in ("gradient", "random", "natural"):
         assert re.search(rf"step 0\.1 +along {direction} *: reward \d\.\d{{3}} \([+-]\d\.\d{{3}}", proc.stdout), proc.stdout
+
+
+def _study(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH.parent,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed (exit {proc.returncode}):\n{proc.stdout}"
+    return proc.stdout
+
+
+def test_cfg_drift_of_a_checkpoint_against_itself_is_zero():
+    """bench/study_cfg_drift.py: the base against itself has moved nowhere, at every guidance scale."""
+    out = _study("study_cfg_drift.py", "--checkpoint", "base", "--prompts", "2", "--scales", "0", "3")
+    rows = re.findall(r"^  (unconditional network|sampled, s = \d) +(\d\.\d{4})", out, re.M)
+    assert [name for name, _ in rows] == ["unconditional network", "sampled, s = 0", "sampled, s = 3"], out
+    assert all(float(kl) == 0.0 for _, kl in rows), out
+
+
+def test_reward_hacking_of_a_checkpoint_against_itself_flags_nothing():
+    """bench/reward_hacking.py: the base against itself scores the same images, so every gain is 0."""
+    out = _study("reward_hacking.py", "--trained", "base", "--prompts", "6", "--samples", "1", "--threads", "1")
+    rows = re.findall(r"^(\w+) +\d\.\d{3} +\d\.\d{3} +([+-]\d+)% +\d\.\d{3} +\d\.\d{3} +([+-]\d+)% *(\S*)$", out, re.M)
+    assert len(rows) == 6, out
+    assert all(int(gr) == 0 and int(gp) == 0 and flag == "" for _, gr, gp, flag in rows), out

@@ -4,6 +4,7 @@ import enum
 import json
 import time
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,14 @@ def test_a_recipe_names_its_base_and_states_only_what_differs(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_train_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in Path("configs").glob("*.yaml") if not p.name.startswith("pretrain")))
+def test_every_recipe_evaluates_with_the_sampling_its_rollouts_use(recipe):
+    """The unmasking schedule is the decision process: a recipe's grids and held-out figures must
+    sample as its rollouts do (the real-model recipes say so with `eval.sampling: ${sampling}`)."""
+    cfg = load_train_config(f"configs/{recipe}")
+    assert dataclasses.replace(cfg.eval.sampling, variant=cfg.sampling.variant, micro_batch=cfg.sampling.micro_batch) == cfg.sampling
 
 
 def test_generate_and_eval_a_show_o_release_on_free_text(tmp_path, capsys):
