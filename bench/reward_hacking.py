@@ -16,7 +16,7 @@ import torch
 
 from maskrl.evaluation import generate, held_out_prompts, load_checkpoint
 from maskrl.rewards import build_reward
-from maskrl.sampling import evaluation_sampling
+from maskrl.sampling import SamplingConfig, evaluation_sampling
 from maskrl.world import CATEGORIES, detect_batch, passes
 
 
