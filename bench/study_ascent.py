@@ -10,6 +10,8 @@ network the estimates agree (each parameter tensor's cosine); `--only REGEX` res
 estimates and the steps to the matching parameters (does a small subspace carry a usable direction?).
 `--metric fisher` sizes every step by the KL it causes in the sampler's token distributions and adds
 the natural gradient F^-1 g (maskrl.grpo.natural): does a step in the policy's own metric ascend?
+`--positive-only` zeroes the negative advantages: are pushes down on below-average samples the damage?
+`--noise-scale` sets the Gumbel noise on the reveal order: is that randomness what drowns the signal?
 
     python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16 --distances 0.1 0.3 1.0
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,9 +35,9 @@ from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig, sample
 
 
-def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int):
+def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int, positive_only: bool = False):
     """One GRPO gradient estimate (of the loss's negative: an ascent direction) from fresh rollouts,
-    and the scored batch it came from."""
+    and the scored batch it came from; `positive_only` zeroes the negative advantages."""
     gen = torch.Generator().manual_seed(seed)
     policy.eval()
     batch, _ = score(rollout_groups(policy, prompts, cfg.group_size, sampling, gen, 0), reward, policy.decode_images)
@@ -44,7 +47,10 @@ def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward,
         loss.backward()
         return 0.0
 
-    grpo_update(policy, None, prepare(batch, cfg).batch, cfg, sampling, accumulate, gen)
+    prepared = prepare(batch, cfg).batch
+    if positive_only:
+        prepared = replace(prepared, advantage=prepared.advantage.clamp_min(0))
+    grpo_update(policy, None, prepared, cfg, sampling, accumulate, gen)
     return -parameters_to_vector(p.grad for p in policy.parameters()), batch
 
 
@@ -119,26 +125,30 @@ def main(argv=None) -> None:
     p.add_argument("--steps-per-traj", type=int, default=8, help="unmasking steps of each trajectory in the gradient")
     p.add_argument("--category", help="draw the prompts from this ShapesEval category only (default: all six)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--noise-scale", type=float, default=3.0,
+                   help="Gumbel noise on the reveal order (exogenous to candidate 2's log-prob: does less of it help?)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", help="regex of parameter names: measure and step in their subspace alone (e.g. embed_tokens)")
+    p.add_argument("--positive-only", action="store_true",
+                   help="zero the negative advantages (do pushes down on below-average samples cause the damage?)")
     p.add_argument("--by-tensor", action="store_true", help="also print the cosine of each parameter tensor's part")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     policy = load_checkpoint(args.checkpoint)
     reward = build_reward(RewardConfig(name="shapes_rule"))
-    sampling = SamplingConfig(steps=16, cfg_scale=args.cfg_scale, variant=args.variant)
+    sampling = SamplingConfig(steps=16, cfg_scale=args.cfg_scale, noise_scale=args.noise_scale, variant=args.variant)
     cfg = GRPOConfig(group_size=args.group, prompts_per_iter=args.prompts, steps_per_traj=args.steps_per_traj, epochs=1,
                      minibatch_pairs=64)
     prompts = PromptStream(0, {args.category: 1.0} if args.category else None).take(args.prompts)
-    g1, batch = gradient(policy, prompts, cfg, sampling, reward, seed=1)
-    g2, _ = gradient(policy, prompts, cfg, sampling, reward, seed=2)
+    g1, batch = gradient(policy, prompts, cfg, sampling, reward, seed=1, positive_only=args.positive_only)
+    g2, _ = gradient(policy, prompts, cfg, sampling, reward, seed=2, positive_only=args.positive_only)
     if args.by_tensor:
         print_tensor_cosines(policy, g1, g2)
     keep = subspace(policy, args.only) if args.only else torch.ones_like(g1)
     g1, g2 = g1 * keep, g2 * keep
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
-    print(f"{args.variant}, CFG {args.cfg_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
+    print(f"{args.variant}, CFG {args.cfg_scale}, noise {args.noise_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
           f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}")
     texts = [t for _, t in prompts for _ in range(args.eval_samples)]
     base_r, base_p = reward_of(policy, texts, sampling, reward, seed=99)
