@@ -49,6 +49,7 @@ def nodes_of(cluster, actors) -> list[str]:
     return [cluster.names[node] for node, _ in ray.get([a.address.remote() for a in actors])]
 
 
+@pytest.mark.slow  # a run on a simulated multi-node cluster: minutes
 def test_pools_land_on_the_nodes_the_config_asks_for(cluster, ckpt, tmp_path):
     rt = Runtime(placed_config(ckpt, tmp_path / "run"), ckpt, 0, None, EventLog(tmp_path))
     try:
@@ -60,6 +61,7 @@ def test_pools_land_on_the_nodes_the_config_asks_for(cluster, ckpt, tmp_path):
         rt.shutdown()
 
 
+@pytest.mark.slow  # a run on a simulated multi-node cluster: minutes
 def test_colocated_rollout_worker_shares_its_learner_ranks_node(cluster, ckpt, tmp_path):
     cfg = placed_config(ckpt, tmp_path / "run", colocate=True)
     cfg.cluster.learner.strategy = "STRICT_SPREAD"
@@ -103,6 +105,7 @@ def test_a_pool_no_node_can_hold_is_named(cluster, ckpt, tmp_path):
     assert not [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
 
 
+@pytest.mark.slow  # a run on a simulated multi-node cluster: minutes
 def test_a_node_removed_mid_run_loses_nothing(cluster, ckpt, tmp_path):
     """The learner may only run on A; A is lost, and its replacement joins 8 s later (as an
     autoscaler would boot one): the rebuild waits for it, and the run ends as the undisturbed one."""

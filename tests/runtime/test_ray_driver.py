@@ -96,7 +96,11 @@ def test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint(undistu
     assert [m["restarts/learner"] for m in ms] == [0, 1, 1]
 
 
-@pytest.mark.parametrize("kind, at", [("rollout", 2), ("rollout", 3), ("reward", 2)])
+@pytest.mark.parametrize("kind, at", [
+    pytest.param("rollout", 2, marks=pytest.mark.slow),  # make test keeps one worker kind (reward)
+    pytest.param("rollout", 3, marks=pytest.mark.slow),
+    ("reward", 2),
+])
 def test_async_collective_run_survives_a_worker(ckpt, ray_instance, tmp_path, kind, at):
     """Async mode with the collective weight broadcast (the Show-o recipe's settings): a worker
     killed while rollouts are in flight; at 3, the weight group it belongs to broadcasts next."""
@@ -109,6 +113,7 @@ def test_async_collective_run_survives_a_worker(ckpt, ray_instance, tmp_path, ki
     assert ms[-1][f"restarts/{kind}"] == 1
 
 
+@pytest.mark.slow  # a lost learner rank is in make test (test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint)
 def test_async_collective_run_survives_a_learner_rank(ckpt, ray_instance, tmp_path):
     """Async mode with the collective weight broadcast (the Show-o recipe's settings)."""
     cfg = tiny_config(ckpt, tmp_path / "run", mode="async", weight_transport="collective")
@@ -120,6 +125,7 @@ def test_async_collective_run_survives_a_learner_rank(ckpt, ray_instance, tmp_pa
     assert lost["kind"] == "learner_lost" and lost["resume_from"] == 1
 
 
+@pytest.mark.slow  # a lost learner rank is in make test (test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint)
 def test_zero3_rank_killed_while_its_peer_waits_in_a_collective(ckpt, ray_instance, tmp_path):
     """ZeRO-3 (the Show-o recipe's stage): rank 0 blocks in the parameter gather of iteration 2's
     checkpoint, waiting for the dead rank 1; the driver must not wait for it."""
@@ -132,6 +138,7 @@ def test_zero3_rank_killed_while_its_peer_waits_in_a_collective(ckpt, ray_instan
     assert lost["kind"] == "learner_lost" and (lost["iteration"], lost["resume_from"]) == (2, 1)
 
 
+@pytest.mark.slow  # a lost learner rank is in make test (test_killed_learner_rank_rebuilds_the_pools_from_the_last_checkpoint)
 def test_learner_recoveries_are_bounded_and_resume_continues(undisturbed, ckpt, tmp_path):
     cfg = tiny_config(ckpt, tmp_path / "run")
     cfg.cluster.max_recoveries = 0

@@ -251,6 +251,7 @@ def shapes_job(head, tmp_path_factory) -> JobRun:
                   logs.stdout, seconds, scrapes)
 
 
+@pytest.mark.slow  # a job submitted to a token-authenticated head: a minute of set-up
 def test_ray_job_submit_runs_a_short_shapesworld_run(head, shapes_job):
     logs = shapes_job.logs
     assert shapes_job.status == "SUCCEEDED", f"{shapes_job.info.message}\n{logs[-6000:]}"
@@ -274,6 +275,7 @@ def test_ray_job_submit_runs_a_short_shapesworld_run(head, shapes_job):
     assert "Started a local Ray instance" not in logs
 
 
+@pytest.mark.slow  # a job submitted to a token-authenticated head: a minute of set-up
 def test_metrics_endpoint_lists_the_maskrl_metrics(head, shapes_job):
     assert shapes_job.scrapes, (f"the head's /metrics never listed ray_maskrl_iteration{{run=\"{shapes_job.run.name}\"}} "
                                 f"while job {shapes_job.submission_id} ({shapes_job.status}) ran")

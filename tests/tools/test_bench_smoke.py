@@ -44,6 +44,7 @@ def test_core_benches_run_and_print_their_ratio():
         assert re.search(pattern, sections.get(name, "")), f"{name} printed no ratio line:\n{proc.stdout}"
 
 
+@pytest.mark.slow  # a bench script end to end: a minute
 def test_weights_bench_runs_quick():
     """bench_ray_weights.py --quick: its own Ray instance, a 1 MiB payload, one publish per transport."""
     proc = subprocess.run([sys.executable, str(BENCH / "bench_ray_weights.py"), "--quick"], cwd=BENCH.parent,
@@ -92,6 +93,7 @@ def test_gpu_check_with_its_ray_training_run():
     assert re.search(r"\n +aMUSEd 256 sampler, batched +[\d.]+ images/s", table), table
 
 
+@pytest.mark.slow  # a bench script end to end: a minute
 def test_ascent_study_prints_the_cosine_and_the_steps():
     """bench/study_ascent.py on the shipped base at the smallest sizes: both estimates, each tensor's
     cosine, the bias subspace, positive advantages only, steps sized in KL along the gradient, the natural
@@ -125,6 +127,7 @@ def test_cfg_drift_of_a_checkpoint_against_itself_is_zero():
     assert all(float(kl) == 0.0 for _, kl in rows), out
 
 
+@pytest.mark.slow  # a bench script end to end: a minute
 def test_reward_hacking_of_a_checkpoint_against_itself_flags_nothing():
     """bench/reward_hacking.py: the base against itself scores the same images, so every gain is 0."""
     out = _study("reward_hacking.py", "--trained", "base", "--prompts", "6", "--samples", "1", "--threads", "1")
