@@ -12,6 +12,10 @@ estimates and the steps to the matching parameters (does a small subspace carry 
 the natural gradient F^-1 g (maskrl.grpo.natural): does a step in the policy's own metric ascend?
 `--positive-only` zeroes the negative advantages: are pushes down on below-average samples the damage?
 `--noise-scale` sets the Gumbel noise on the reveal order: is that randomness what drowns the signal?
+`--reward` trains and measures another reward (ShapesEval's pass rate is printed either way): with
+`shapes_foreground`, which every position's token moves, the same estimator finds an ascent.
+The printed rollouts-for-SNR-1, n (1 - c) / c from the cosine c of two n-rollout estimates, is how
+many rollouts one estimate needs before its signal is as long as its noise.
 
     python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16 --distances 0.1 0.3 1.0
 """
@@ -33,6 +37,7 @@ from maskrl.iteration import PromptStream, prepare, rollout_groups, score
 from maskrl.rewards import build_reward
 from maskrl.rewards.base import RewardConfig
 from maskrl.sampling import SamplingConfig, sample
+from maskrl.world import detect_batch, parse_prompt, passes
 
 
 def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward, seed: int, positive_only: bool = False):
@@ -83,11 +88,17 @@ def natural_directions(product, g1: torch.Tensor, g2: torch.Tensor, damping: flo
 
 
 def reward_of(policy, texts: list[str], sampling: SamplingConfig, reward, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image (dense reward, pass) on a fixed sampler seed: common random numbers across policies."""
+    """Per-image (reward, ShapesEval pass) on a fixed sampler seed: common random numbers across policies."""
     policy.eval()
-    tokens = sample(policy, texts, sampling, torch.Generator().manual_seed(seed)).tokens
-    out = reward(policy.decode_images(tokens), texts)
-    return out.scores, out.components["pass"]
+    grids = policy.decode_images(sample(policy, texts, sampling, torch.Generator().manual_seed(seed)).tokens)
+    passed = [passes(parse_prompt(t), d) for t, d in zip(texts, detect_batch(grids))]
+    return reward(grids, texts).scores, np.array(passed, dtype=float)
+
+
+def snr_one(cos: float, rollouts: int) -> str:
+    """Rollouts one estimate needs for signal as long as noise: E[cos] = s / (s + 1) at signal-to-noise
+    power s, which grows as the rollouts; only meaningful where the cosine is clearly positive."""
+    return f"; rollouts for SNR 1: {rollouts * (1 - cos) / cos:.0f}" if cos > 0 else ""
 
 
 def subspace(policy, pattern: str) -> torch.Tensor:
@@ -127,6 +138,7 @@ def main(argv=None) -> None:
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--noise-scale", type=float, default=3.0,
                    help="Gumbel noise on the reveal order (exogenous to candidate 2's log-prob: does less of it help?)")
+    p.add_argument("--reward", default="shapes_rule", help="the reward trained and measured (a registered name)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", help="regex of parameter names: measure and step in their subspace alone (e.g. embed_tokens)")
     p.add_argument("--positive-only", action="store_true",
@@ -136,7 +148,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     policy = load_checkpoint(args.checkpoint)
-    reward = build_reward(RewardConfig(name="shapes_rule"))
+    reward = build_reward(RewardConfig(name=args.reward))
     sampling = SamplingConfig(steps=16, cfg_scale=args.cfg_scale, noise_scale=args.noise_scale, variant=args.variant)
     cfg = GRPOConfig(group_size=args.group, prompts_per_iter=args.prompts, steps_per_traj=args.steps_per_traj, epochs=1,
                      minibatch_pairs=64)
@@ -148,8 +160,8 @@ def main(argv=None) -> None:
     keep = subspace(policy, args.only) if args.only else torch.ones_like(g1)
     g1, g2 = g1 * keep, g2 * keep
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
-    print(f"{args.variant}, CFG {args.cfg_scale}, noise {args.noise_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
-          f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}")
+    print(f"{args.variant}, {args.reward}, CFG {args.cfg_scale}, noise {args.noise_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
+          f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}{snr_one(cos, len(batch))}")
     texts = [t for _, t in prompts for _ in range(args.eval_samples)]
     base_r, base_p = reward_of(policy, texts, sampling, reward, seed=99)
     print(f"start: reward {base_r.mean():.3f} pass {base_p.mean():.3f} ({len(texts)} images)")

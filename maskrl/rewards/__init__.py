@@ -3,7 +3,7 @@
     build_reward("shapes_rule")                                  # by name (+ keyword options)
     build_reward(load_reward_config("configs/rewards/composite.yaml"))   # from YAML
 
-Rewards: shapes_rule, shapes_clip, clip_score, hpsv2, pickscore, aesthetic, composite
+Rewards: shapes_rule, shapes_foreground, shapes_clip, clip_score, hpsv2, pickscore, aesthetic, composite
 (see base.py for the interface and config, configs/rewards/ for examples). Heavy libraries
 (open_clip, transformers) are imported only when such a reward is built.
 """

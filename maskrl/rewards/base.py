@@ -110,6 +110,7 @@ def require_safetensors(reward: str, option: str, path: Path) -> Path:
 
 _REGISTRY: dict[str, str | type] = {
     "shapes_rule": "maskrl.rewards.shapes_rule:ShapesRuleReward",
+    "shapes_foreground": "maskrl.rewards.shapes_foreground:ShapesForegroundReward",
     "clip_score": "maskrl.rewards.clip:ClipScoreReward",
     "hpsv2": "maskrl.rewards.clip:HPSv2Reward",
     "aesthetic": "maskrl.rewards.clip:AestheticReward",

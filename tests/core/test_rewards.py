@@ -23,7 +23,7 @@ from maskrl.rewards import (
 )
 from maskrl.rewards.pixels import preprocess
 from maskrl.trajectory import TrajectoryBatch
-from maskrl.world import CATEGORIES, PromptSampler, parse_prompt, render_batch
+from maskrl.world import BITMAPS, CATEGORIES, PromptSampler, parse_prompt, render_batch
 from tests.helpers import REPO
 
 CONFIGS = REPO / "configs" / "rewards"
@@ -385,3 +385,13 @@ def test_non_finite_rewards_are_dropped_and_counted_by_prepare():
     assert prepared.metrics["reward/mean"] == pytest.approx(np.mean([v for v in values if np.isfinite(v)]))
     assert torch.isfinite(prepared.batch.advantage).all()
 
+
+
+def test_shapes_foreground_is_the_share_of_object_cells(batch):
+    """A clean render's foreground is the area of its objects' bitmaps; RGB images are refused."""
+    images, prompts = batch
+    scores = build_reward("shapes_foreground")(images, prompts).scores
+    areas = [sum(int(BITMAPS[o.shape].sum()) for o in parse_prompt(p).objects) for p in prompts]
+    np.testing.assert_allclose(scores, np.array(areas) / 256, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="palette grids"):
+        build_reward("shapes_foreground")(np.zeros((1, 32, 32, 3), np.uint8), ["a circle"])

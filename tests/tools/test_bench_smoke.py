@@ -96,14 +96,15 @@ def test_gpu_check_with_its_ray_training_run():
 @pytest.mark.slow  # a bench script end to end: a minute
 def test_ascent_study_prints_the_cosine_and_the_steps():
     """bench/study_ascent.py on the shipped base at the smallest sizes: both estimates, each tensor's
-    cosine, the bias subspace, positive advantages only, steps sized in KL along the gradient, the natural
-    gradient and at random."""
+    cosine, the bias subspace, positive advantages only, another reward and reveal-order noise, steps sized in
+    KL along the gradient, the natural gradient and at random."""
     proc = subprocess.run([sys.executable, str(BENCH / "study_ascent.py"), "--prompts", "2", "--group", "2",
                            "--eval-samples", "1", "--distances", "0.1", "--steps-per-traj", "1", "--threads", "1",
-                           "--by-tensor", "--only", "bias$", "--metric", "fisher", "--fisher-pairs", "4", "--positive-only"],
+                           "--by-tensor", "--only", "bias$", "--metric", "fisher", "--fisher-pairs", "4", "--positive-only",
+                           "--reward", "shapes_foreground", "--noise-scale", "10"],
                           cwd=BENCH.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, f"study_ascent.py failed (exit {proc.returncode}):\n{proc.stdout}"
-    assert re.search(r"cosine\(g1, g2\) [+-]\d\.\d{3}", proc.stdout), proc.stdout
+    assert re.search(r"noise 10\.0: .*cosine\(g1, g2\) [+-]\d\.\d{3}", proc.stdout), proc.stdout
     assert re.search(r"^ +[+-]\d\.\d{3}  lm\.lm_head\.weight \(5248 values", proc.stdout, re.M), proc.stdout
     biases = re.search(r"subspace 'bias\$': (\d+) of (\d+) parameters", proc.stdout)
     assert biases and 0 < int(biases[1]) < int(biases[2]), proc.stdout
