@@ -386,7 +386,6 @@ def test_non_finite_rewards_are_dropped_and_counted_by_prepare():
     assert torch.isfinite(prepared.batch.advantage).all()
 
 
-
 def test_shapes_foreground_is_the_share_of_object_cells(batch):
     """A clean render's foreground is the area of its objects' bitmaps; RGB images are refused."""
     images, prompts = batch
