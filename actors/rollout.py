@@ -13,6 +13,7 @@ import ray
 import torch
 
 from actors import collective, weights
+from maskrl.branching import BranchConfig
 from maskrl.evaluation import chunk_passes, generate, held_out_prompts, load_checkpoint
 from maskrl.iteration import rollout_groups
 from maskrl.models.lora import LoraConfig, for_training
@@ -29,12 +30,13 @@ class BroadcastAbandoned(RuntimeError):
 
 
 class RolloutWorker:
-    def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, lora: LoraConfig, threads: int, use_gpu: bool = False):
+    def __init__(self, checkpoint: str, version: int, sampling: SamplingConfig, lora: LoraConfig, threads: int,
+                 use_gpu: bool = False, branch: BranchConfig | None = None):
         torch.set_num_threads(threads)
         self.device = "cuda" if use_gpu else "cpu"
         # the learner's architecture (adapters included): published weights are its trainable state
         self.policy = for_training(load_checkpoint(checkpoint), lora, checkpoint).to(self.device).requires_grad_(False)
-        self.version, self.sampling = version, sampling
+        self.version, self.sampling, self.branch = version, sampling, branch
         self.adopted = False  # the weights are read-only views of the object store (adopt_numpy)
 
     def ready(self) -> int:
@@ -83,7 +85,7 @@ class RolloutWorker:
             raise VersionMismatch(f"asked for rollouts of policy version {version}, this worker holds {self.version}")
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
-        batch = rollout_groups(self.policy, prompts, group_size, self.sampling, gen, self.version)
+        batch = rollout_groups(self.policy, prompts, group_size, self.sampling, gen, self.version, self.branch)
         record = batch.to_arrow()
         stats = {"images": len(batch), "seconds": time.perf_counter() - start, "bytes": record.nbytes}
         return record, stats

@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
+import psutil
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -20,26 +23,125 @@ from actors.rollout import RolloutActor
 from actors.runstate import DriverState, EventLog
 from actors.weight_sync import WeightSync
 from maskrl.checkpoints import write_atomically
+from maskrl.cli import CommandError
 from maskrl.evaluation import chunks_of, flat_metrics, held_out_prompts, summarise
 from maskrl.train_config import ClusterConfig, TrainConfig
+
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# -- starting Ray on a slow machine ----------------------------------------------------------------
+# Whoever starts a node (`ray start`, ray.init(address="local"), ray.cluster_utils.Cluster) waits for
+# its raylet to register with the GCS, as long as Ray's setting raylet_start_wait_time_s allows
+# (the environment variable below, read by Ray's C++ core in the waiting process). On a loaded
+# 2-core machine the raylet can miss Ray's default ("The current node timed out during startup").
+RAYLET_WAIT_SETTING = "RAY_raylet_start_wait_time_s"
+RAYLET_WAIT_S = 120
+
+
+class RayStartError(CommandError, RuntimeError):
+    """Ray could not be started (or joined), twice; the message names the setting to raise.
+    `maskrl train` prints it without a traceback."""
+
+
+def tolerate_slow_raylet(env=None) -> int:
+    """Set Ray's raylet registration wait to RAYLET_WAIT_S seconds in `env` (default: this
+    process's environment, which the Ray processes it starts inherit) unless the user set it;
+    return the wait in force."""
+    env = os.environ if env is None else env
+    if not str(env.get(RAYLET_WAIT_SETTING, "")).strip():
+        env[RAYLET_WAIT_SETTING] = str(RAYLET_WAIT_S)
+    try:
+        return int(float(env[RAYLET_WAIT_SETTING]))
+    except ValueError:
+        return RAYLET_WAIT_S
+
+
+def _descendants() -> dict[int, psutil.Process]:
+    try:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def _stop(procs: list[psutil.Process]) -> None:
+    """SIGTERM, then SIGKILL what is left after 3 s."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _last_lines(err: BaseException, n: int = 8) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    return "\n    ".join(lines[-n:])
+
+
+def start_ray(attempt: Callable[[], T], what: str = "start Ray", undo: Callable[[], None] | None = None) -> T:
+    """Return `attempt()` (which starts or joins Ray: ray.init, a ray.cluster_utils.Cluster, a
+    `ray start` subprocess), tolerating a slow machine: with the registration wait raised
+    (`tolerate_slow_raylet`) and, should the attempt fail, one clean retry after stopping what it
+    left: `undo()` (by default ray.shutdown() if the attempt initialised Ray), then every process
+    started below this one during the attempt (gcs_server, raylet, dashboard, ...). If the retry
+    fails too: a RayStartError naming the setting, with both attempts' last lines. Argument errors
+    (ValueError, TypeError) are raised at once: a retry cannot help them."""
+    wait = tolerate_slow_raylet()
+    failures = []
+    for tries in (1, 2):
+        before, initialised, t0 = _descendants(), ray.is_initialized(), time.monotonic()
+        try:
+            return attempt()
+        except (ValueError, TypeError):
+            raise
+        except Exception as err:  # Ray raises bare Exception for "timed out during startup"
+            failures.append((err, time.monotonic() - t0))
+        with contextlib.suppress(Exception):
+            if undo is not None:
+                undo()
+            elif not initialised and ray.is_initialized():
+                ray.shutdown()
+        _stop([p for pid, p in _descendants().items() if pid not in before])
+        if tries == 1:
+            logger.warning("could not %s (%s after %.0f s); stopped what it left, trying once more",
+                           what, _last_lines(failures[0][0], 1), failures[0][1])
+    (first, s1), (second, s2) = failures
+    raise RayStartError(
+        f"could not {what}, in two attempts. On a loaded or slow machine the raylet may need longer to "
+        f"register: raise {RAYLET_WAIT_SETTING} (now {wait} s), e.g. `export {RAYLET_WAIT_SETTING}={2 * wait}`, "
+        f"or free some CPU cores.\n  first attempt (failed after {s1:.0f} s):\n    {_last_lines(first)}"
+        f"\n  second attempt (failed after {s2:.0f} s):\n    {_last_lines(second)}"
+    ) from second
+
+
+def init_ray(what: str = "start a local Ray instance", **kwargs):
+    """ray.init(**kwargs) through `start_ray`: a slow raylet is waited for, a failed start retried once."""
+    return start_ray(lambda: ray.init(**kwargs), what)
 
 
 def connect(cluster: ClusterConfig) -> tuple[bool, str | None]:
     """Join the cluster at RAY_ADDRESS when set, else start a local instance (dashboard on the
     configured loopback host, token authentication on). Returns (whether this call started the
-    instance, which the caller then shuts down; dashboard URL)."""
+    instance, which the caller then shuts down; dashboard URL). Either is tried twice
+    (`start_ray`); a RayStartError says what to raise."""
     if ray.is_initialized():  # e.g. a test session or a notebook that already joined
         return False, None
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        info = ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+        info = init_ray(f"join the Ray cluster at RAY_ADDRESS={address}", address=address,
+                        runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         return False, info.dashboard_url
     # Token authentication: Ray 2.60 turns it on by default for a local instance (unless
     # RAY_AUTH_MODE=disabled), generating ~/.ray/auth_token and requiring it from every client,
     # the dashboard included. (Setting RAY_AUTH_MODE here would be too late: Ray reads it at import.)
     os.environ.update(env)  # local workers inherit the driver's environment
-    info = ray.init(address="local", include_dashboard=True, dashboard_host=cluster.dashboard_host, logging_level=logging.WARNING)
+    info = init_ray(address="local", include_dashboard=True, dashboard_host=cluster.dashboard_host,
+                    logging_level=logging.WARNING)
     return True, info.dashboard_url
 
 
@@ -62,7 +164,8 @@ class Runtime:
                 self.pools[spec.name] = ResourcePool(spec, c.placement_timeout_s)
             rs, ws, ls = shares["rollout"], shares["reward"], shares["learner"]
             self.rollout = self.groups["rollout"] = WorkerGroup(
-                self.pools[rs.pool], rs, RolloutActor, (policy_dir, version, cfg.sampling, cfg.lora, rs.threads, rs.gpus > 0),
+                self.pools[rs.pool], rs, RolloutActor,
+                (policy_dir, version, cfg.sampling, cfg.lora, rs.threads, rs.gpus > 0, cfg.grpo.branch),
                 c.max_restarts, c.placement_timeout_s, on_replace=lambda actor: self.weights.worker_replaced(actor))
             self.reward = self.groups["reward"] = WorkerGroup(
                 self.pools[ws.pool], ws, RewardActor, (cfg.reward, policy_dir, ws.threads), c.max_restarts, c.placement_timeout_s,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from maskrl.branching import BranchConfig, common_noise, draw_branch_steps
 from maskrl.grpo import GRPOConfig, filter_groups, group_advantages
 from maskrl.models.policy import ImageDecoder, MaskedPolicy
 from maskrl.rewards import Reward
@@ -44,14 +45,22 @@ class PromptStream:
 
 def rollout_groups(
     policy: MaskedPolicy, prompts: list[tuple[int, str]], group_size: int, sampling: SamplingConfig,
-    generator: torch.Generator, version: int,
+    generator: torch.Generator, version: int, branch: BranchConfig | None = None,
 ) -> TrajectoryBatch:
-    """G trajectories for each (stream index, prompt text); the group id is the stream index."""
+    """G trajectories for each (stream index, prompt text); the group id is the stream index. With
+    `branch` enabled the groups branch at a drawn step and share all other random numbers
+    (maskrl.branching); a micro-batch then holds whole groups."""
     texts = [p for _, p in prompts for _ in range(group_size)]
     index = torch.tensor([i for i, _ in prompts for _ in range(group_size)])
-    rollout = sample(policy, texts, sampling, generator)
+    branch_step, noise = torch.full((len(texts),), -1), None
+    if branch is not None and branch.enabled:
+        starts = draw_branch_steps(branch, len(prompts), sampling.steps, generator)
+        noise = common_noise(starts, group_size, branch.window, sampling.steps, policy.num_image_tokens, generator)
+        branch_step = starts.repeat_interleave(group_size)
+        sampling = replace(sampling, micro_batch=max(1, sampling.micro_batch // group_size) * group_size)
+    rollout = sample(policy, texts, sampling, generator, noise)
     b = len(texts)
-    return TrajectoryBatch(
+    return TrajectoryBatch(branch_step=branch_step,
         prompts=texts, prompt_ids=policy.encode_prompts(texts), prompt_index=index, group_id=index,
         tokens=rollout.tokens, reveal_step=rollout.reveal_step, cutoff=rollout.cutoff,
         behaviour_terms=rollout.behaviour_terms.reshape(b, -1), step_tokens=rollout.step_tokens.reshape(b, -1), reward=torch.full((b,), float("nan")),

@@ -18,10 +18,18 @@ from enum import StrEnum
 
 import torch
 
+from maskrl.branching import StepNoise
 from maskrl.models.lora import adapters_off, has_lora
 from maskrl.models.policy import MaskedPolicy, guidance_active, guided_logits
 from maskrl.schedule import masked_counts
 from maskrl.transition import Variant, check_variant, needs_step_tokens, transition_terms
+
+class Precision(StrEnum):
+    """The policy's forward pass: fp32, or bf16 under autocast (AMX / tensor cores); log-softmax
+    and log-probs stay fp32. Sampler and learner share it, so recorded = recomputed holds."""
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
 
 class NoiseSchedule(StrEnum):
     linear = "linear"  # sigma_0 * (1 - (t+1)/T)
@@ -40,6 +48,7 @@ class SamplingConfig:
     noise_schedule: NoiseSchedule = NoiseSchedule.linear
     variant: Variant = Variant.candidate1  # transition log-prob recorded as behaviour log-prob
     micro_batch: int = 16  # images per forward; on CPU larger batches are no faster per image
+    precision: Precision = Precision.float32
 
 
 def evaluation_sampling() -> SamplingConfig:
@@ -80,17 +89,24 @@ def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cf
     With LoRA's `base_unconditional`, guidance's unconditional pass is the base model's (adapters
     bypassed, no gradient): the policy's adapters move the conditional model alone."""
     guided = guidance_active(cfg.cfg_scale, policy.preset.guidance)
+    device = next(policy.parameters()).device.type
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.precision == Precision.bfloat16)
+
+    def forward(*inputs):
+        with autocast:
+            return policy(*inputs).float()
+
     if guided and has_lora(policy) and policy.lora.base_unconditional:
         cond_mask, uncond_mask = attn_mask.chunk(2) if attn_mask is not None else (None, None)
         with torch.no_grad(), adapters_off(policy):
-            uncond = policy(null_ids, state, uncond_mask)
-        logits = guided_logits(policy(text_ids, state, cond_mask), uncond, cfg.cfg_scale, policy.preset.guidance)
+            uncond = forward(null_ids, state, uncond_mask)
+        logits = guided_logits(forward(text_ids, state, cond_mask), uncond, cfg.cfg_scale, policy.preset.guidance)
     elif guided:
-        logits = policy(torch.cat([text_ids, null_ids]), torch.cat([state, state]), attn_mask)
+        logits = forward(torch.cat([text_ids, null_ids]), torch.cat([state, state]), attn_mask)
         logits = guided_logits(*logits.chunk(2), cfg.cfg_scale, policy.preset.guidance)
     else:
-        logits = policy(text_ids, state, attn_mask)
-    return torch.log_softmax(logits.float() / cfg.temperature, dim=-1)
+        logits = forward(text_ids, state, attn_mask)
+    return torch.log_softmax(logits / cfg.temperature, dim=-1)
 
 
 def text_inputs(policy: MaskedPolicy, text_ids: torch.Tensor, cfg: SamplingConfig):
@@ -101,15 +117,35 @@ def text_inputs(policy: MaskedPolicy, text_ids: torch.Tensor, cfg: SamplingConfi
     return null_ids, policy.attention_mask(torch.cat([text_ids, null_ids]))
 
 
+def independent_draws(probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) tokens drawn from (B, N, K) `probs` and (B, N) uniforms for the reveal-order noise,
+    fresh from `generator` for every row."""
+    b, n, _ = probs.shape
+    sampled = torch.multinomial(probs.reshape(b * n, -1), 1, generator=generator).reshape(b, n)
+    return sampled, torch.rand(b, n, generator=generator).clamp(1e-20, 1 - 1e-7)
+
+
+def inverse_cdf_draws(probs: torch.Tensor, noise: StepNoise, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and reveal-order uniforms from given per-step uniforms (common random numbers):
+    equal rows with equal numbers draw equal tokens."""
+    cdf = probs.cumsum(-1)
+    sampled = torch.searchsorted(cdf, noise.token[t][..., None]).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    return sampled, noise.order[t]
+
+
 @torch.no_grad()
-def sample(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
-    """Decode one image per prompt, `cfg.micro_batch` images per forward pass."""
-    parts = [_sample_batch(policy, prompts[i : i + cfg.micro_batch], cfg, generator)
+def sample(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator,
+           noise: StepNoise | None = None) -> Rollout:
+    """Decode one image per prompt, `cfg.micro_batch` images per forward pass; with `noise`
+    (maskrl.branching), every random number is given per row and `generator` is not used."""
+    parts = [_sample_batch(policy, prompts[i : i + cfg.micro_batch], cfg, generator,
+                           noise.rows(slice(i, i + cfg.micro_batch)) if noise is not None else None)
              for i in range(0, len(prompts), cfg.micro_batch)]
     return Rollout(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Rollout)})
 
 
-def _sample_batch(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator) -> Rollout:
+def _sample_batch(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator,
+                  given: StepNoise | None) -> Rollout:
     check_sampling(cfg)
     if cfg.steps > policy.num_image_tokens:
         raise ValueError(f"sampling steps={cfg.steps} exceeds the {policy.num_image_tokens} image tokens to reveal")
@@ -125,11 +161,11 @@ def _sample_batch(policy: MaskedPolicy, prompts: list[str], cfg: SamplingConfig,
     for t, keep_masked in enumerate(masked_counts(n, steps, policy.preset.mask_rounding)):
         logp = step_logprobs(policy, text_ids, null_ids, state, attn_mask, cfg)
         masked = state == policy.mask_code
-        probs = logp.exp().reshape(b * n, -1).cpu()
-        sampled = torch.multinomial(probs, 1, generator=generator).reshape(b, n).to(dev)
+        probs = logp.exp().cpu()
+        sampled, uniform = independent_draws(probs, generator) if given is None else inverse_cdf_draws(probs, given, t)
+        sampled, uniform = sampled.to(dev), uniform.to(dev)
         sampled = torch.where(masked, sampled, state)
         token_logp = logp.gather(-1, sampled[..., None]).squeeze(-1)
-        uniform = torch.rand(b, n, generator=generator).clamp(1e-20, 1 - 1e-7).to(dev)
         confidence = token_logp + noise[t] * -torch.log(-torch.log(uniform))  # + sigma_t * Gumbel
         confidence = confidence.masked_fill(~masked, float("inf"))
         reveal_now = masked.clone()

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskrl.cluster_config import ClusterConfig, LearnerConfig, PoolConfig  # noqa: F401  (the run config's parts)
+from maskrl.branching import check_branch
 from maskrl.config import ConfigError, check_choices, load_config
 from maskrl.grpo import GRPOConfig, check_grpo
 from maskrl.models.lora import LoraConfig, check_lora
@@ -62,6 +63,10 @@ def check_train_config(cfg: TrainConfig) -> None:
                        ("grpo.prompts_per_iter", cfg.grpo.prompts_per_iter), ("checkpoint_every", cfg.checkpoint_every)):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    try:
+        check_branch(cfg.grpo.branch, cfg.sampling.steps)
+    except ValueError as err:
+        raise ConfigError(f"config key 'grpo.branch': {err}") from None
     check_run_model(cfg)
     if cfg.prompt_pool < 0:
         raise ConfigError(f"config key 'prompt_pool': must be 0 (the endless stream) or a prompt count, got {cfg.prompt_pool}")

@@ -55,7 +55,8 @@ def train_local(cfg: TrainConfig) -> Path:
     for it in tqdm(range(1, cfg.iterations + 1), desc="mask-grpo", dynamic_ncols=True):
         start = time.time()
         policy.eval()
-        batch = rollout_groups(policy, stream.take(cfg.grpo.prompts_per_iter), cfg.grpo.group_size, cfg.sampling, gen, it - 1)
+        batch = rollout_groups(policy, stream.take(cfg.grpo.prompts_per_iter), cfg.grpo.group_size, cfg.sampling, gen, it - 1,
+                               cfg.grpo.branch)
         batch, reward_parts = score(batch, reward, policy.decode_images)
         prepared = prepare(batch, cfg.grpo)
         metrics = {**prepared.metrics, **reward_parts}

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: branch_step
 _META_VERSION = b"maskrl.trajectory.version"
 _META_VARIANT = b"maskrl.trajectory.variant"
 
@@ -34,6 +34,7 @@ _SCALARS = {
     "reward": pa.float32(),
     "advantage": pa.float32(),
     "policy_version": pa.int32(),
+    "branch_step": pa.int32(),  # first branch step of a branched group (maskrl.branching), -1 unbranched
 }
 _TORCH = {pa.int16(): torch.int16, pa.int32(): torch.int32, pa.int64(): torch.int64, pa.float32(): torch.float32}
 
@@ -57,8 +58,11 @@ class TrajectoryBatch:
     advantage: torch.Tensor  # (B,) zero until computed
     policy_version: torch.Tensor  # (B,) version of the weights that generated it
     variant: str
+    branch_step: torch.Tensor | None = None  # (B,) first branch step, -1 unbranched (None: all -1)
 
     def __post_init__(self):
+        if self.branch_step is None:
+            self.branch_step = torch.full((len(self.prompts),), -1)
         for name, atype in {**_TENSORS, **_SCALARS}.items():
             setattr(self, name, torch.as_tensor(getattr(self, name)).to(_TORCH[atype]))
 

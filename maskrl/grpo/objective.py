@@ -17,11 +17,12 @@ hundreds of positions explodes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
 
+from maskrl.branching import BranchConfig, branch_pairs
 from maskrl.models.policy import MaskedPolicy
 from maskrl.sampling import SamplingConfig, noise_at, step_logprobs, text_inputs
 from maskrl.trajectory import TrajectoryBatch
@@ -65,6 +66,7 @@ class GRPOConfig:
     global_std: bool = False
     min_group_std: float = 1e-4  # groups with less reward spread are filtered
     grad_clip: float = 1.0
+    branch: BranchConfig = field(default_factory=BranchConfig)  # branched groups: only branch steps train
 
 
 def check_grpo(cfg: GRPOConfig) -> None:
@@ -81,6 +83,20 @@ def sample_steps(batch_size: int, steps: int, k: int, generator: torch.Generator
     step_idx = torch.rand(batch_size, steps, generator=generator).argsort(dim=1)[:, :k]
     traj_idx = torch.arange(batch_size)[:, None].expand(-1, k)
     return traj_idx.reshape(-1), step_idx.reshape(-1)
+
+
+def training_pairs(batch: TrajectoryBatch, cfg: GRPOConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (trajectory, step) pairs a batch trains on: its branch windows when it was rolled out
+    branched (maskrl.branching), else K random steps per trajectory."""
+    branched = batch.branch_step >= 0
+    if bool(branched.any()) != bool(branched.all()):
+        raise ValueError("a training batch mixes branched and unbranched trajectories")
+    if cfg.branch.enabled != bool(branched.all()) and len(batch):
+        raise ValueError(f"grpo.branch.enabled={cfg.branch.enabled} but the trajectories were rolled out "
+                         f"{'branched' if branched.all() else 'unbranched'}")
+    if cfg.branch.enabled:
+        return branch_pairs(batch.branch_step, cfg.branch.window)
+    return sample_steps(len(batch), batch.steps, cfg.steps_per_traj, generator)
 
 
 def _step_masks(batch: TrajectoryBatch, traj: torch.Tensor, step: torch.Tensor):

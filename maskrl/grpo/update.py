@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from maskrl.grpo.objective import GRPOConfig, grpo_loss, minibatch_size, sample_steps
+from maskrl.grpo.objective import GRPOConfig, grpo_loss, minibatch_size, training_pairs
 from maskrl.sampling import SamplingConfig
 from maskrl.trajectory import TrajectoryBatch
 
@@ -28,7 +28,7 @@ def grpo_update(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, float]:
-    traj, step = sample_steps(len(batch), batch.steps, cfg.steps_per_traj, generator)
+    traj, step = training_pairs(batch, cfg, generator)
     per_epoch: list[dict[str, list[float]]] = []
     policy.train()
     for _ in range(cfg.epochs):
