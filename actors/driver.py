@@ -106,6 +106,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     run.mkdir(parents=True, exist_ok=True)
     events = EventLog(run)
     state = DriverState.read(run, events) if resume else None
+    if state is not None and state.iteration >= cfg.iterations:
+        return _finished(run, state)  # e.g. the same command run again after the run ended: no Ray, no pools
     (run / "config.yaml").write_text(to_yaml(cfg))
     cfg = as_started(cfg)
     started_ray, dashboard = connect(cfg.cluster)
@@ -137,6 +139,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
         if started_ray:
             ray.shutdown()
     raise AssertionError("unreachable")
+
+
+def _finished(run: Path, state: DriverState) -> TrainResult:
+    """A run resumed at or past its last iteration: its results as the metrics recorded them."""
+    rows = read_metrics(run)
+    base, final = ({k: v for m in rows if m["iteration"] == it for k, v in m.items() if k.startswith("eval/")}
+                   for it in (0, state.iteration))
+    (run / "summary.json").write_text(json.dumps({"base": base, "final": final}, indent=2))
+    return TrainResult(run, Path(state.checkpoint), base, final, run / "grids", None)
 
 
 def _alive_nodes() -> set[str]:

@@ -1,6 +1,8 @@
 """What a `maskrl train` run directory remembers: the driver state inside each checkpoint, the
-newest checkpoint that verifies (for `--resume` and automatic recovery), and the event log of
-every fault and what was done about it (`events.jsonl`)."""
+newest checkpoint that verifies (for `--resume` and automatic recovery), the event log of
+every fault and what was done about it (`events.jsonl`), and the recipe the run was started
+with (`config.yaml`), which decides what `maskrl train --config` does with a directory that
+already holds a run (`plan_start`: continue it, start it over, or refuse)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +11,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from maskrl.checkpoints import CheckpointError, checkpoint_number, newest_first, verify
+from maskrl.config import ConfigError
 
 STATE_FILE = "driver_state.json"
 EVENTS_FILE = "events.jsonl"
@@ -59,9 +63,9 @@ class DriverState:
         return state
 
     @classmethod
-    def latest(cls, run: str | Path, events: EventLog | None = None) -> "DriverState | None":
+    def latest(cls, run: str | Path, events: EventLog | None = None, report: bool = True) -> "DriverState | None":
         """The state of the newest checkpoint that verifies; newer ones that do not are reported
-        (and logged) and skipped. None when the run has no complete checkpoint."""
+        (unless `report` is False) and logged, and skipped. None when the run has no complete checkpoint."""
         for directory in newest_first(Path(run) / "checkpoints"):
             try:
                 verify(directory)
@@ -69,7 +73,8 @@ class DriverState:
                     raise CheckpointError(f"checkpoint {str(directory)!r} has no {STATE_FILE}")
                 return cls.read_checkpoint(directory)
             except CheckpointError as err:
-                tqdm.write(f"rejected {err}; falling back to the previous checkpoint")
+                if report:
+                    tqdm.write(f"rejected {err}; falling back to the previous checkpoint")
                 if events is not None:
                     events.log("checkpoint_rejected", checkpoint_number(directory), path=str(directory), error=str(err))
         return None
@@ -84,3 +89,93 @@ class DriverState:
                 "(not a `maskrl train` run, or it stopped before its first checkpoint)"
             )
         return state
+
+
+# -- what `maskrl train --config` does with a run directory that already holds a run ---------------
+CONFIG_FILE = "config.yaml"
+# Keys that are not part of the recipe: `out` names the directory itself (the same directory may
+# be spelled differently). Everything else must match for a run to be continued automatically;
+# a deliberate change (more iterations, a rescaled pool) is `maskrl train --resume RUN key=value`.
+NOT_RECIPE = frozenset({"out"})
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict as {dotted key: leaf value} (lists and empty dicts are leaves)."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe_of(cfg) -> dict[str, object]:
+    """A run config (a TrainConfig) as a flat {dotted key: value} dict, enums by their values."""
+    return flat_keys(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True))
+
+
+def recipe_differences(saved: dict, new: dict) -> list[str]:
+    """The dotted keys whose values differ between two flattened recipes (`NOT_RECIPE` ignored)."""
+    return sorted(k for k in saved.keys() | new.keys() if k not in NOT_RECIPE and saved.get(k, "<absent>") != new.get(k, "<absent>"))
+
+
+@dataclass
+class StartPlan:
+    """What `maskrl train --config` does in its run directory, and the line that says so."""
+
+    resume: bool
+    line: str
+    start: int = 0  # the iteration the run continues from (0: from its first weights)
+
+
+def _has_run(run: Path) -> bool:
+    return (run / CONFIG_FILE).is_file() or any(newest_first(run / "checkpoints"))
+
+
+def plan_start(out: str | Path, recipe: dict, iterations: int, fresh: bool, saved: dict | None) -> StartPlan:
+    """Decide what a `maskrl train --config` run does in `out`, which may hold an earlier run:
+
+    - nothing there: a new run;
+    - `fresh`: start over, replacing the run there (its outputs only);
+    - the same recipe (flattened `recipe` equal to the run's `saved` one, `NOT_RECIPE` aside)
+      with a complete checkpoint: continue from the newest one, as `--resume` would (a finished
+      run is reported, nothing trained); with no checkpoint at all yet (it stopped before its
+      first): start it over, nothing being lost;
+    - anything else is a ConfigError saying what differs or what would be lost, before Ray starts.
+
+    `saved` is the run's recipe, flattened (None when `out` holds no config.yaml)."""
+    run = Path(out)
+    if fresh:
+        if not _has_run(run):
+            return StartPlan(False, f"maskrl train: a new run in {out} ({iterations} iterations)")
+        state = DriverState.latest(run, report=False)
+        reached = f", which had reached iteration {state.iteration}," if state else ""
+        return StartPlan(False, f"maskrl train: starting over in {out} (--fresh: the run there{reached} is replaced)")
+    if not _has_run(run):
+        return StartPlan(False, f"maskrl train: a new run in {out} ({iterations} iterations)")
+    then = f"pass --fresh to start over in {out}, or choose another out"
+    if saved is None:
+        raise ConfigError(f"config key 'out': {str(out)!r} holds checkpoints but no {CONFIG_FILE} to compare this recipe "
+                          f"with (not a `maskrl train` run); {then}")
+    differ = recipe_differences(saved, recipe)
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} there, {recipe.get(k, '<absent>')!r} here)" for k in differ[:8])
+        more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""
+        raise ConfigError(
+            f"config key 'out': {str(out)!r} holds a run of another recipe: {len(differ)} key(s) differ: {shown}{more}. "
+            f"Continue it with its own recipe, change it deliberately with `maskrl train --resume {out} key=value`, "
+            f"or {then}"
+        )
+    state = DriverState.latest(run, report=False)
+    if state is None:
+        if any(newest_first(run / "checkpoints")):
+            raise ConfigError(f"config key 'out': the run in {str(out)!r} has checkpoints, none of which verifies "
+                              f"(`maskrl.checkpoints.verify` names what is wrong); {then}")
+        return StartPlan(False, f"maskrl train: starting the run in {out} over: it stopped before its first checkpoint "
+                                f"(same recipe, {iterations} iterations)")
+    if state.iteration >= iterations:
+        return StartPlan(True, f"maskrl train: the run in {out} is finished (iteration {state.iteration} of {iterations}, "
+                               f"same recipe): nothing to train, its results below; --fresh starts over", state.iteration)
+    return StartPlan(True, f"maskrl train: continuing the run in {out} from its checkpoint at iteration {state.iteration} "
+                           f"of {iterations} (same recipe; --fresh starts over)", state.iteration)

@@ -188,7 +188,9 @@ def test_bad_input_fails_fast_naming_it(ray_instance, ckpt, tmp_path, capsys):
     with pytest.raises(PoolError, match="pool 'learner' needs 2 x 1 GPU"):
         train(impossible)
     assert len(ray.util.placement_group_table()) == groups_before  # nothing was placed or started
-    assert main(["train", "--config", str(cfg_file), "cluster.learner.gpus_per_worker=1"]) == 2
+    # its own out: `train(impossible)` got as far as writing its config.yaml into tmp_path/run, and
+    # `maskrl train --config` refuses a run of another recipe there (tests/runtime/test_resume.py)
+    assert main(["train", "--config", str(cfg_file), f"out={tmp_path / 'cli'}", "cluster.learner.gpus_per_worker=1"]) == 2
     assert "pool 'learner'" in capsys.readouterr().err
 
 
