@@ -222,6 +222,20 @@ def test_rayjob_entrypoint_names_a_config_in_the_repo():
     load_config(TrainConfig, REPO / config)
 
 
+def test_rayjob_retries_a_lost_driver_or_head_into_the_same_run():
+    """A retried job runs the same entrypoint on a new cluster: it must not start over (--fresh),
+    and the run's `out` must be on the shared volume the new head mounts, so the retry continues."""
+    job = _yaml("rayjob.yaml")
+    assert job["spec"]["backoffLimit"] >= 1
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert "--fresh" not in argv
+    out = load_config(TrainConfig, REPO / argv[argv.index("--config") + 1]).out
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    shared = {v["name"] for v in head["volumes"] if "persistentVolumeClaim" in v}
+    mounts = [m["mountPath"] for m in head["containers"][0]["volumeMounts"] if m["name"] in shared and not m.get("readOnly")]
+    assert any(Path(out).is_relative_to(m) for m in mounts), (out, mounts)
+
+
 @pytest.mark.parametrize("which", ["minReplicas", "maxReplicas"])
 def test_rayjob_worker_groups_hold_the_recipe_pools(recipe, which):
     _check_pools_fit(recipe, _rayjob_nodes(which))
