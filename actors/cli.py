@@ -87,7 +87,7 @@ def summary(cfg: TrainConfig, result, start: int, seconds: float) -> list[str]:
         held_out_line("base", result.base),
         held_out_line("trained", result.final),
         f"wall-clock: {_duration(seconds)} ({trained})",
-        f"grids: {result.grids} (iter_*.png; every image captioned with its reward and PASS/FAIL)",
+        f"grids: {result.grids} (iter_*.png; every image captioned with its rule reward and PASS/FAIL)",
         f"tensorboard: tensorboard --logdir {result.run / 'tensorboard'}",
         f"next: maskrl generate --checkpoint {result.checkpoint} --prompts {prompts} --out {result.run / 'images'}",
         f"checkpoint: {result.checkpoint}",

@@ -135,7 +135,7 @@ def test_cli_on_a_finished_run_reports_it_without_starting_ray(ckpt, tmp_path, c
         "base held-out ShapesEval: 0.250 (95% CI 0.200-0.300, 40 images)",
         "trained held-out ShapesEval: 0.300 (95% CI 0.250-0.350, 40 images)",
         lines[4],
-        f"grids: {run / 'grids'} (iter_*.png; every image captioned with its reward and PASS/FAIL)",
+        f"grids: {run / 'grids'} (iter_*.png; every image captioned with its rule reward and PASS/FAIL)",
         f"tensorboard: tensorboard --logdir {run / 'tensorboard'}",
         f"next: maskrl generate --checkpoint {run / 'checkpoints' / 'iter_00003'} --prompts configs/prompts/heldout_60.txt --out {run / 'images'}",
         f"checkpoint: {run / 'checkpoints' / 'iter_00003'}",
