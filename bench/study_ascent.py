@@ -15,7 +15,11 @@ the natural gradient F^-1 g (maskrl.grpo.natural): does a step in the policy's o
 `--reward` trains and measures another reward (ShapesEval's pass rate is printed either way): with
 `shapes_foreground`, which every position's token moves, the same estimator finds an ascent.
 The printed rollouts-for-SNR-1, n (1 - c) / c from the cosine c of two n-rollout estimates, is how
-many rollouts one estimate needs before its signal is as long as its noise.
+many rollouts one estimate needs before its signal is as long as its noise. `--estimates E` > 2 takes
+E independent estimates and uses the mean of their pairwise cosines (printed with its spread).
+`--branch-steps` rolls each group out branched at one of these steps with common random numbers
+and trains the branch steps alone (maskrl.branching, `--window` steps a branch); `--cfg-scale 0`
+is the CFG-free estimator; `--precision bfloat16` runs the policy under bf16 autocast.
 
     python bench/study_ascent.py --variant candidate2 --prompts 12 --group 16 --eval-samples 16 --distances 0.1 0.3 1.0
 """
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from maskrl.branching import BranchConfig
 from maskrl.evaluation import load_checkpoint
 from maskrl.grpo import GRPOConfig, grpo_update
 from maskrl.grpo.natural import FisherProduct, conjugate_gradient, kl_length
@@ -45,7 +50,7 @@ def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward,
     and the scored batch it came from; `positive_only` zeroes the negative advantages."""
     gen = torch.Generator().manual_seed(seed)
     policy.eval()
-    batch, _ = score(rollout_groups(policy, prompts, cfg.group_size, sampling, gen, 0), reward, policy.decode_images)
+    batch, _ = score(rollout_groups(policy, prompts, cfg.group_size, sampling, gen, 0, cfg.branch), reward, policy.decode_images)
     policy.zero_grad()
 
     def accumulate(loss):
@@ -55,6 +60,8 @@ def gradient(policy, prompts, cfg: GRPOConfig, sampling: SamplingConfig, reward,
     prepared = prepare(batch, cfg).batch
     if positive_only:
         prepared = replace(prepared, advantage=prepared.advantage.clamp_min(0))
+    if not len(prepared):  # every group flat: no signal in this estimate
+        return torch.zeros_like(parameters_to_vector(policy.parameters())), batch
     grpo_update(policy, None, prepared, cfg, sampling, accumulate, gen)
     return -parameters_to_vector(p.grad for p in policy.parameters()), batch
 
@@ -138,6 +145,11 @@ def main(argv=None) -> None:
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--noise-scale", type=float, default=3.0,
                    help="Gumbel noise on the reveal order (exogenous to candidate 2's log-prob: does less of it help?)")
+    p.add_argument("--branch-steps", type=int, nargs="+",
+                   help="branched groups with common random numbers, t_b drawn from these steps; only they train")
+    p.add_argument("--window", type=int, default=1, help="branch steps per group (with --branch-steps)")
+    p.add_argument("--precision", default="float32", help="float32, or bfloat16 autocast")
+    p.add_argument("--estimates", type=int, default=2, help="independent gradient estimates (pairwise cosines)")
     p.add_argument("--reward", default="shapes_rule", help="the reward trained and measured (a registered name)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", help="regex of parameter names: measure and step in their subspace alone (e.g. embed_tokens)")
@@ -149,19 +161,32 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     policy = load_checkpoint(args.checkpoint)
     reward = build_reward(RewardConfig(name=args.reward))
-    sampling = SamplingConfig(steps=16, cfg_scale=args.cfg_scale, noise_scale=args.noise_scale, variant=args.variant)
+    sampling = SamplingConfig(steps=16, cfg_scale=args.cfg_scale, noise_scale=args.noise_scale, variant=args.variant,
+                              precision=args.precision)
+    branch = BranchConfig(enabled=bool(args.branch_steps), window=args.window, steps=args.branch_steps or [])
     cfg = GRPOConfig(group_size=args.group, prompts_per_iter=args.prompts, steps_per_traj=args.steps_per_traj, epochs=1,
-                     minibatch_pairs=64)
+                     minibatch_pairs=64, branch=branch)
     prompts = PromptStream(0, {args.category: 1.0} if args.category else None).take(args.prompts)
-    g1, batch = gradient(policy, prompts, cfg, sampling, reward, seed=1, positive_only=args.positive_only)
-    g2, _ = gradient(policy, prompts, cfg, sampling, reward, seed=2, positive_only=args.positive_only)
+    estimates = [gradient(policy, prompts, cfg, sampling, reward, seed=s, positive_only=args.positive_only)
+                 for s in range(1, max(2, args.estimates) + 1)]
+    batch = estimates[0][1]
+    g1, g2 = estimates[0][0], estimates[1][0]
     if args.by_tensor:
         print_tensor_cosines(policy, g1, g2)
     keep = subspace(policy, args.only) if args.only else torch.ones_like(g1)
-    g1, g2 = g1 * keep, g2 * keep
+    gs = [g * keep for g, _ in estimates]
+    g1, g2 = gs[0], gs[1]
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
-    print(f"{args.variant}, {args.reward}, CFG {args.cfg_scale}, noise {args.noise_scale}: {args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
+    where = f"branched at {args.branch_steps} (window {args.window})" if args.branch_steps else f"{args.steps_per_traj} random steps"
+    print(f"{args.variant}, {args.reward}, CFG {args.cfg_scale}, noise {args.noise_scale}, {args.precision}, {where}: "
+          f"{args.prompts} {args.category or ''} prompts x {args.group} rollouts per estimate; "
           f"|g1| {g1.norm():.3f} |g2| {g2.norm():.3f} cosine(g1, g2) {cos:+.3f}{snr_one(cos, len(batch))}")
+    if len(gs) > 2:
+        pairs = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for i, a in enumerate(gs) for b in gs[i + 1 :]]
+        mean, sd = float(np.mean(pairs)), float(np.std(pairs, ddof=1))
+        print(f"{len(gs)} estimates: mean pairwise cosine {mean:+.3f} (sd {sd:.3f} over {len(pairs)} pairs)"
+              f"{snr_one(mean, len(batch))}")
+    g1, g2 = sum(gs[: len(gs) // 2]), sum(gs[len(gs) // 2 :])
     texts = [t for _, t in prompts for _ in range(args.eval_samples)]
     base_r, base_p = reward_of(policy, texts, sampling, reward, seed=99)
     print(f"start: reward {base_r.mean():.3f} pass {base_p.mean():.3f} ({len(texts)} images)")

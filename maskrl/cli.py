@@ -15,6 +15,11 @@ from maskrl.sampling import NOISE_SCHEDULES, evaluation_sampling
 COMMANDS = "maskrl.commands"  # entry points: add_command(subparsers) of the layers built on maskrl
 
 
+class CommandError(Exception):
+    """A failure the command explains in its message (e.g. Ray could not start on a loaded
+    machine, naming the setting to raise): printed as one error, without a traceback."""
+
+
 def _pretrain(args) -> None:
     from maskrl.pretrain import PretrainConfig, pretrain
 
@@ -129,12 +134,20 @@ def _yaml_value(text: str):
     return yaml.safe_load(text)
 
 
-def held_out_line(name: str, metrics: dict) -> str:
-    """`name held-out ShapesEval: 0.412 (95% CI 0.371-0.452, 480 images)` from eval/ metrics."""
-    if "eval/overall" not in metrics:
-        return f"{name} held-out ShapesEval: not evaluated"
-    return (f"{name} held-out ShapesEval: {metrics['eval/overall']:.3f} (95% CI {metrics['eval/overall_ci95_low']:.3f}-"
-            f"{metrics['eval/overall_ci95_high']:.3f}, {metrics['eval/images']:.0f} images)")
+def held_out_line(name: str, metrics: dict, prefix: str = "eval/") -> str:
+    """`name held-out ShapesEval: 0.412 (95% CI 0.371-0.452, 480 images)` from eval/ metrics; with
+    `prefix` `eval/cfg0/`, the same at that protocol (`name held-out ShapesEval at CFG 0: ...`)."""
+    label = f"{name} held-out ShapesEval" + (f" at CFG {prefix[len('eval/cfg'):-1]}" if prefix != "eval/" else "")
+    if f"{prefix}overall" not in metrics:
+        return f"{label}: not evaluated"
+    return (f"{label}: {metrics[f'{prefix}overall']:.3f} (95% CI {metrics[f'{prefix}overall_ci95_low']:.3f}-"
+            f"{metrics[f'{prefix}overall_ci95_high']:.3f}, {metrics[f'{prefix}images']:.0f} images)")
+
+
+def held_out_lines(base: dict, final: dict) -> list[str]:
+    """Base and trained held-out lines at every protocol evaluated (`eval/`, then `eval/cfg{s}/`)."""
+    prefixes = ["eval/", *sorted({k[: k.index("/", 5) + 1] for k in {**base, **final} if k.startswith("eval/cfg")})]
+    return [held_out_line(name, metrics, prefix) for prefix in prefixes for name, metrics in (("base", base), ("trained", final))]
 
 
 def _train_local(args) -> None:
@@ -144,8 +157,7 @@ def _train_local(args) -> None:
     cfg = load_train_config(args.config, args.overrides)
     final = train_local(cfg)
     summary = json.loads((final.parents[1] / "summary.json").read_text())
-    print(held_out_line("base", summary["base"]))
-    print(held_out_line("trained", summary["final"]))
+    print("\n".join(held_out_lines(summary["base"], summary["final"])))
     print(f"checkpoint: {final}")
 
 
@@ -211,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"maskrl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except CommandError as err:
+        print(f"maskrl {args.command}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

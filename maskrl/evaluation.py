@@ -1,6 +1,8 @@
 """Loading a checkpoint for sampling, batched generation and held-out ShapesEval."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -83,7 +85,16 @@ def flat_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:
     return out | {f"{prefix}images": float(result["images"])}
 
 
+def eval_protocols(e) -> dict[str, SamplingConfig]:
+    """metric prefix -> sampling of every protocol an `EvalConfig` asks for: `eval/` is
+    `e.sampling`, and each of `e.cfg_scales` adds `eval/cfg{s}/` (e.g. a CFG-free policy at CFG 0,
+    the policy as trained, beside the default CFG 3)."""
+    extra = {f"eval/cfg{s:g}/": replace(e.sampling, cfg_scale=float(s)) for s in e.cfg_scales}
+    return {"eval/": e.sampling, **extra}
+
+
 def eval_metrics(policy: ShowoPolicy, e) -> dict[str, float]:
-    """Held-out ShapesEval of `policy` under an `EvalConfig` `e`, as flat metrics."""
+    """Held-out ShapesEval of `policy` under an `EvalConfig` `e`, every protocol, as flat metrics."""
     prompts = held_out_prompts(e.prompts, e.seed)
-    return flat_metrics(evaluate(policy, prompts, e.samples, e.sampling, seed=e.seed))
+    return {k: v for prefix, sampling in eval_protocols(e).items()
+            for k, v in flat_metrics(evaluate(policy, prompts, e.samples, sampling, seed=e.seed), prefix).items()}

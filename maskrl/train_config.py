@@ -22,6 +22,8 @@ class EvalConfig:
     seed: int = 1234  # the held-out sample is fixed by this seed, not by the run's seed
     before: bool = True  # also evaluate the starting checkpoint (iteration 0)
     sampling: SamplingConfig = field(default_factory=evaluation_sampling)
+    # more guidance scales to evaluate at, beside `sampling`'s (metrics `eval/cfg{s}/...`)
+    cfg_scales: list[float] = field(default_factory=list)
 
 
 @dataclass

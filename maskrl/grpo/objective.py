@@ -89,9 +89,9 @@ def training_pairs(batch: TrajectoryBatch, cfg: GRPOConfig, generator: torch.Gen
     """The (trajectory, step) pairs a batch trains on: its branch windows when it was rolled out
     branched (maskrl.branching), else K random steps per trajectory."""
     branched = batch.branch_step >= 0
-    if bool(branched.any()) != bool(branched.all()):
+    if len(batch) and bool(branched.any()) != bool(branched.all()):
         raise ValueError("a training batch mixes branched and unbranched trajectories")
-    if cfg.branch.enabled != bool(branched.all()) and len(batch):
+    if len(batch) and cfg.branch.enabled != bool(branched.all()):
         raise ValueError(f"grpo.branch.enabled={cfg.branch.enabled} but the trajectories were rolled out "
                          f"{'branched' if branched.all() else 'unbranched'}")
     if cfg.branch.enabled:

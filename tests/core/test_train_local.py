@@ -32,3 +32,20 @@ def test_short_mask_grpo_run_updates_the_policy_and_reports(tmp_path):
         m = summary[part]
         assert m["eval/images"] == 24 and m["eval/overall_ci95_low"] <= m["eval/overall"] <= m["eval/overall_ci95_high"]
     assert sorted(p.name for p in (tmp_path / "grids").glob("*.png")) == ["iter_00000.png", "iter_00003.png"]
+
+
+def test_branched_cfg_free_bf16_run_is_bit_reproducible_and_reports_both_protocols(tmp_path):
+    """The learning recipe's levers together: branched groups, CFG-free rollouts, bf16 autocast."""
+    recipe = ["iterations=2", "eval.prompts=6", "eval.samples=1", "eval.cfg_scales=[0]", "grid_every=0",
+              "grpo.prompts_per_iter=2", "grpo.group_size=4", "grpo.branch.enabled=true", "grpo.branch.steps=[0,1]",
+              "sampling.cfg_scale=0", "sampling.precision=bfloat16", "grpo.lr=1e-3", "track_kl=false", "threads=1"]
+    weights = []
+    for run in ("a", "b"):
+        cfg = load_config(TrainConfig, "configs/shapes_local.yaml", [f"out={tmp_path / run}", *recipe])
+        weights.append(load_file(train_local(cfg) / "model.safetensors"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    base = load_file(resolve_checkpoint("base") / "model.safetensors")
+    assert any(not torch.equal(weights[0][k], base[k]) for k in base)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    for part in ("base", "final"):
+        assert summary[part]["eval/images"] == 6 and summary[part]["eval/cfg0/images"] == 6
