@@ -107,8 +107,8 @@ def start_ray(attempt: Callable[[], T], what: str = "start Ray", undo: Callable[
                 ray.shutdown()
         _stop([p for pid, p in _descendants().items() if pid not in before])
         if tries == 1:
-            logger.warning("could not %s (%s after %.0f s); stopped what it left, trying once more",
-                           what, _last_lines(failures[0][0], 1), failures[0][1])
+            logger.warning("could not %s in %.0f s (%s); stopped what it left, trying once more",
+                           what, failures[0][1], _last_lines(failures[0][0], 1))
     (first, s1), (second, s2) = failures
     raise RayStartError(
         f"could not {what}, in two attempts. On a loaded or slow machine the raylet may need longer to "

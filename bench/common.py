@@ -137,7 +137,9 @@ def rate_table(times: dict[str, list[float]], work: dict[str, int], unit: str, b
 def start_ray(num_cpus: int | None = None):
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    from actors.runtime import init_ray  # a slow raylet is waited for, a failed start retried once
+
+    init_ray(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
     print(f"ray {ray.__version__}: local instance, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
     return ray
 

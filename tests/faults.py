@@ -37,13 +37,29 @@ def simulated_cluster(head: dict, workers: list[dict], store_bytes: int = 150 * 
     timer thread (`FaultInjector.replace_after_s`)."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-        **head, "object_store_memory": store_bytes, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS,
-    })
-    nodes = [cluster.add_node(**w, object_store_memory=store_bytes) for w in workers]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
-    return cluster, nodes
+    from actors.runtime import start_ray
+
+    made = []
+
+    def attempt():
+        cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+            **head, "object_store_memory": store_bytes, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS,
+        })
+        made.append(cluster)
+        nodes = [cluster.add_node(**w, object_store_memory=store_bytes) for w in workers]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
+        return cluster, nodes
+
+    def undo():  # the failed attempt's connection and nodes (start_ray then ends any process of it left)
+        if ray.is_initialized():
+            ray.shutdown()
+        while made:
+            with contextlib.suppress(Exception):
+                made.pop().shutdown()
+
+    # a slow raylet is waited for, a failed start retried once
+    return start_ray(attempt, "start a simulated Ray cluster", undo=undo)
 
 
 def lose_node(cluster, node, timeout_s: float = 60.0) -> None:

@@ -46,7 +46,9 @@ def tiny_config(checkpoint: str, out, **cluster) -> TrainConfig:
 def local_ray(num_cpus: int = 2):
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    from actors.runtime import init_ray  # a slow raylet is waited for, a failed start retried once
+
+    init_ray(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
     try:
         yield ray
     finally:

@@ -6,7 +6,9 @@ that refuses clients without the token and is not reachable from outside the mac
 The head gets its own short temp dir (AF_UNIX socket paths must stay under 107 bytes) and its
 own free ports for every listener, so it can run beside another Ray instance on the machine
 (e.g. a concurrent test module's `ray.init(address="local")`), and it is torn down without
-`ray stop`, which would stop every Ray instance on the machine (see `_stop_head`).
+`ray stop`, which would stop every Ray instance on the machine (see `_stop_head`). On a loaded
+machine its raylet is given longer to register and a failed start is retried once
+(`actors.runtime.start_ray`).
 """
 from __future__ import annotations
 
@@ -141,20 +143,11 @@ def _stop_head(temp_dir: str, session: int) -> None:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def head():
+def _start_head(env: dict[str, str], timeout: float) -> tuple[str, dict[str, int], int, str, float]:
+    """One `ray start --head` in a fresh temp dir on fresh ports. Returns (temp dir, ports, session,
+    output, seconds it took); a failure stops what it left and raises with its output."""
     # /tmp/mrl-XXXXXX: the session dir Ray makes inside adds ~61 bytes to its socket paths
     temp_dir = tempfile.mkdtemp(prefix="mrl-", dir="/tmp")
-    token = _auth_token() or secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token,  # the same token for the head, its jobs and our clients, with or without ~/.ray/auth_token
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DS_ACCELERATOR="cpu",
-        # the job's `python` must be this venv's interpreter (Ray runs entrypoints with the head's PATH)
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-    )
     ports = {name: _free_port() for name in ("gcs", "dashboard", "metrics", "client", "agent_http", "agent_grpc",
                                               "runtime_env", "node_manager", "object_manager")}
     cmd = [
@@ -169,19 +162,52 @@ def head():
         "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
         '--system-config={"metrics_report_interval_ms": 1000}',  # gauges reach /metrics in ~1 s, not ~10 s
     ]
+    t0 = time.monotonic()
     # a new session: every daemon `ray start` spawns inherits its session id, which `_stop_head` kills
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     session = proc.pid
     try:
-        output, _ = proc.communicate(timeout=120)
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        output = proc.communicate()[0]
+        output = proc.communicate()[0] + f"\n(killed after {timeout:g} s)"
+    seconds = time.monotonic() - t0
     if proc.returncode != 0:
         print(output)
         _stop_head(temp_dir, session)
-        pytest.fail(f"`ray start --head` failed (exit {proc.returncode}): {output.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"`ray start --head` failed (exit {proc.returncode}) after {seconds:.1f} s:\n{output.strip()}")
+    return temp_dir, ports, session, output, seconds
+
+
+@pytest.fixture(scope="module")
+def head():
+    from actors.runtime import RayStartError, start_ray, tolerate_slow_raylet
+
+    token = _auth_token() or secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,  # the same token for the head, its jobs and our clients, with or without ~/.ray/auth_token
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DS_ACCELERATOR="cpu",
+        # the job's `python` must be this venv's interpreter (Ray runs entrypoints with the head's PATH)
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    )
+    # a slow raylet (a loaded machine) is waited for, a failed start retried once on fresh ports
+    wait = tolerate_slow_raylet(env)
+    tries = []
+
+    def attempt():
+        tries.append(1)
+        return _start_head(env, timeout=wait + 90)
+
+    try:
+        temp_dir, ports, session, output, seconds = start_ray(attempt, "start the token-authenticated head (`ray start --head`)",
+                                                              undo=lambda: None)  # _start_head stopped it
+    except RayStartError as err:
+        pytest.fail(str(err))
+    print(f"`ray start --head` came up in {seconds:.1f} s (attempt {len(tries)}, RAY_raylet_start_wait_time_s={wait})")
     h = Head(temp_dir, ports["gcs"], ports["dashboard"], ports["metrics"], token, env, session, output)
     try:
         deadline = time.monotonic() + 60
