@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from actors.runstate import CONFIG_FILE, DriverState, StartPlan, plan_start, recipe_of
-from maskrl.cli import held_out_line
+from maskrl.cli import held_out_lines
 from maskrl.config import ConfigError
 from maskrl.train_config import TrainConfig, load_train_config
 
@@ -84,8 +84,7 @@ def summary(cfg: TrainConfig, result, start: int, seconds: float) -> list[str]:
     prompts = cfg.prompts_file or "configs/prompts/heldout_60.txt"  # a ShapesWorld run: held-out prompts
     return [
         "---- maskrl train: summary ----",
-        held_out_line("base", result.base),
-        held_out_line("trained", result.final),
+        *held_out_lines(result.base, result.final),
         f"wall-clock: {_duration(seconds)} ({trained})",
         f"grids: {result.grids} (iter_*.png; every image captioned with its rule reward and PASS/FAIL)",
         f"tensorboard: tensorboard --logdir {result.run / 'tensorboard'}",

@@ -4,6 +4,7 @@ passes object refs only; a dead rollout or reward worker is replaced in its bund
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from actors.runstate import DriverState, EventLog
 from actors.weight_sync import WeightSync
 from maskrl.checkpoints import write_atomically
 from maskrl.cli import CommandError
-from maskrl.evaluation import chunks_of, flat_metrics, held_out_prompts, summarise
+from maskrl.evaluation import chunks_of, eval_protocols, flat_metrics, held_out_prompts, summarise
 from maskrl.train_config import ClusterConfig, TrainConfig
 
 
@@ -201,19 +202,21 @@ class Runtime:
         workers (each chunk is seeded on its own: the result does not depend on the worker count);
         a chunk whose worker died or held other weights is redone on worker 0."""
         self.weights.deliver()
-        e, version = self.cfg.eval, self.weights.versions.sent
-        prompts = held_out_prompts(e.prompts, e.seed)
-        sent = [(c, self.rollout[c % len(self.rollout)]) for c in chunks_of(prompts)]
-        refs = [actor.eval_chunk.remote(e, c, version) for c, actor in sent]
-        passed = []
-        for (chunk, actor), ref in zip(sent, refs):
+        version = self.weights.versions.sent
+        protocols = {prefix: replace(self.cfg.eval, sampling=s) for prefix, s in eval_protocols(self.cfg.eval).items()}
+        prompts = held_out_prompts(self.cfg.eval.prompts, self.cfg.eval.seed)
+        sent = [(prefix, c, self.rollout[c % len(self.rollout)]) for prefix in protocols for c in chunks_of(prompts)]
+        refs = [actor.eval_chunk.remote(protocols[prefix], c, version) for prefix, c, actor in sent]
+        passed = {prefix: [] for prefix in protocols}
+        for (prefix, chunk, actor), ref in zip(sent, refs):
             try:
-                passed += ray.get(ref)
+                passed[prefix] += ray.get(ref)
             except (RayActorError, RayTaskError) as err:
                 if isinstance(err, RayActorError):
                     self.recover(self.rollout, chunk % len(self.rollout), actor)
-                passed += self._on_worker0("eval_chunk", e, chunk, self.weights.versions.sent)
-        return flat_metrics(summarise(prompts, e.samples, passed))
+                passed[prefix] += self._on_worker0("eval_chunk", protocols[prefix], chunk, self.weights.versions.sent)
+        return {k: v for prefix, e in protocols.items()
+                for k, v in flat_metrics(summarise(prompts, e.samples, passed[prefix]), prefix).items()}
 
     def sample_grid(self, prompts: list[str], samples: int) -> np.ndarray:
         e = self.cfg.eval

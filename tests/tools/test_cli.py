@@ -85,7 +85,7 @@ def test_generation_is_chunk_seeded_so_any_split_draws_the_same_images(tiny_poli
 
 ENUM_FIELDS = {  # every enum-typed key of a run's config, with one value its enum allows
     "sampling.variant": "candidate2", "sampling.noise_schedule": "linear", "eval.sampling.variant": "ar",
-    "eval.sampling.noise_schedule": "compound",
+    "eval.sampling.noise_schedule": "compound", "sampling.precision": "bfloat16", "eval.sampling.precision": "float32",
     "model.family": "showo", "grpo.ratio": "token", "grpo.optimizer": "sgd", "cluster.mode": "async", "cluster.weight_transport": "collective",
     "cluster.learner.zero_stage": "3", "cluster.learner.backend": "gloo", "cluster.rollout.strategy": "SPREAD",
     "cluster.reward.strategy": "PACK", "cluster.learner.strategy": "STRICT_PACK",
