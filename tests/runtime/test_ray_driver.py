@@ -211,3 +211,21 @@ def test_seeded_sync_run_reproduces_the_run_recorded_before_the_actors_split(ray
             # so it follows the installed libraries' summation order, not the driver
             continue
         assert float(weights[name].double().pow(2).sum()) == pytest.approx(value, rel=1e-6), name
+
+
+def test_branched_cfg_free_bf16_run_trains_the_branch_steps_and_evaluates_both_protocols(ray_instance, ckpt, tmp_path):
+    """The learning recipe's levers on the pools: branch_step crosses the Arrow exchange to the learner,
+    which trains one pair a trajectory (window 1), and held-out ShapesEval runs at CFG 0 beside the default."""
+    cfg = tiny_config(ckpt, tmp_path / "branched")
+    cfg.iterations = 2
+    cfg.grpo.branch.enabled, cfg.grpo.branch.steps = True, [0, 1]
+    cfg.sampling.cfg_scale, cfg.sampling.precision = 0.0, "bfloat16"
+    cfg.eval.cfg_scales = [0.0]
+    cfg.reward.name = "shapes_foreground"  # a reward a random tiny policy's groups spread on
+    result = train(cfg)
+    rows = iterations(result.run)
+    assert all(m["groups/kept"] > 0 for m in rows)
+    for m in rows:  # one branch step a trajectory, not steps_per_traj
+        assert m["loss/pairs"] == m["groups/kept"] * cfg.grpo.group_size
+    for part in (result.base, result.final):
+        assert part["eval/images"] == part["eval/cfg0/images"] == 40
