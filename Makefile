@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 
-.PHONY: install run test test-slow bench gpu-check clean
+.PHONY: install run test test-slow bench gpu-check gpu-learn clean
 
 # -qq: pip's errors only (the machine's extra indexes make pip warn about every project they lack)
 $(STAMP): setup.cfg pyproject.toml
@@ -35,6 +35,11 @@ bench: $(STAMP)
 # one table of a full-size random-init Show-o 512 on one GPU (bench/gpu_check.py; --tiny on CPU)
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py
+
+# make run's learning recipe at 10^5 rollouts on one GPU, held-out before/after (configs/shapes_gpu.yaml)
+gpu-learn: $(STAMP)
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make gpu-learn needs a CUDA GPU (torch.cuda.is_available() is False); on a CPU, make run')"
+	$(VENV)/bin/maskrl train --config configs/shapes_gpu.yaml
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

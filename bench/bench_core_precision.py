@@ -11,6 +11,7 @@ ratios are bf16 / fp32 in the same process.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -30,8 +31,10 @@ def main(argv=None) -> None:
     base = sampling_config(args)
     texts = prompts(args.batch, args.seed)
     configs = {str(x): replace(base, precision=x, micro_batch=args.batch) for x in PRECISIONS}
+    cpuinfo = Path("/proc/cpuinfo")
+    amx = "amx_bf16" in cpuinfo.read_text() if cpuinfo.exists() else "unknown"
     print(f"sampling: {base.steps} steps, cfg {base.cfg_scale}, variant {base.variant}; {args.batch} images a call; "
-          f"amx_bf16: {'amx_bf16' in open('/proc/cpuinfo').read() if torch.cuda.device_count() == 0 else 'n/a'}")
+          f"CPU amx_bf16: {amx}")
 
     def sampler(cfg):
         return lambda: sample(policy, texts, cfg, torch.Generator().manual_seed(args.seed))
