@@ -33,6 +33,13 @@ Variants (DESIGN.md):
   gradient); kept to compare against;
 - ``ar``: as the public code: log p(y_i) of the token y_i *sampled at the step* at every
   position masked before it (revealed or not), which needs the step's samples recorded.
+
+Under shared noise (branched groups, maskrl.branching) the same terms are recorded. At a branch
+step each rollout draws its own token uniforms and Gumbel noise, so every variant's terms there
+mean what they mean unbranched: ``candidate1`` is the exact log-probability of the step's outcome
+given its state, ``candidate2`` and ``ar`` the same approximations as always. At the other steps
+the draws are shared by the group and the outcome is a deterministic function of the state; their
+terms are recorded but not trained, and only the branch steps enter the loss.
 """
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ def test_a_config_built_in_python_is_checked_against_the_enums_too():
 def test_a_recipe_names_its_base_and_states_only_what_differs(tmp_path):
     long = load_train_config("configs/shapes_long.yaml")
     cpu = load_train_config("configs/shapes_cpu.yaml")
-    assert long.iterations == 60 and long.grpo.min_lr_ratio == 0.2 and long.eval.every == 10
+    assert long.iterations == 90 and long.grpo.min_lr_ratio == 0.2 and long.eval.every == 10
     assert long.grpo.lr == cpu.grpo.lr and long.cluster == cpu.cluster and long.sampling == cpu.sampling
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
