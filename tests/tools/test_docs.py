@@ -4,7 +4,6 @@ README stays a front page (at most 15 KB) that states the test command CI runs (
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
