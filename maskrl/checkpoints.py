@@ -19,7 +19,9 @@ from typing import Callable, Iterator
 MANIFEST = "manifest.json"
 STAGING = ".partial-"  # staging directories: <final name>.partial-<random>
 PREVIOUS = ".previous"  # a checkpoint being rewritten, kept until its replacement is in place
-NAMED_CHECKPOINTS = {"base": Path(__file__).parent / "assets" / "base"}
+ASSETS = Path(__file__).parent / "assets"
+# the shipped base model, and make run's RL-tuned model (each directory has its MODEL_CARD.md)
+NAMED_CHECKPOINTS = {"base": ASSETS / "base", "shapes_grpo": ASSETS / "shapes_grpo"}
 
 
 class CheckpointError(RuntimeError):
@@ -27,7 +29,7 @@ class CheckpointError(RuntimeError):
 
 
 def resolve_checkpoint(name: str | Path) -> Path:
-    """`base` -> the shipped base model; anything else must be a checkpoint directory."""
+    """`base` / `shapes_grpo` -> a shipped model; anything else must be a checkpoint directory."""
     path = NAMED_CHECKPOINTS.get(str(name), Path(name))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(

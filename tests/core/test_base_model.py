@@ -25,3 +25,13 @@ def test_base_model_eval_on_60_prompts_beats_a_blank_image(capsys):
     assert blank["overall"] == 0.0
     assert result["overall"] > blank["overall"]
     assert sum(result["counts"].values()) == 60
+
+
+def test_the_rl_tuned_model_is_shipped_by_name_with_its_card():
+    path = resolve_checkpoint("shapes_grpo")
+    assert (path / "model.safetensors").stat().st_size < 20 * 2**20
+    card = (path / "MODEL_CARD.md").read_text()
+    assert "shapes_grpo, CFG 0" in card and "shapes_grpo, CFG 3" in card and "make run" in card
+    tuned, base = load_checkpoint("shapes_grpo"), load_checkpoint("base")
+    assert tuned.num_parameters == base.num_parameters
+    assert any(not (a == b).all() for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
