@@ -105,13 +105,25 @@ def test_ascent_study_prints_the_cosine_and_the_steps():
                            "--reward", "shapes_foreground", "--noise-scale", "10"],
                           cwd=BENCH.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, f"study_ascent.py failed (exit {proc.returncode}):\n{proc.stdout}"
-    assert re.search(r"noise 10\.0: .*cosine\(g1, g2\) [+-]\d\.\d{3}", proc.stdout), proc.stdout
+    assert re.search(r"noise 10\.0, float32, 1 random steps: .*cosine\(g1, g2\) [+-]\d\.\d{3}", proc.stdout), proc.stdout
     assert re.search(r"^ +[+-]\d\.\d{3}  lm\.lm_head\.weight \(5248 values", proc.stdout, re.M), proc.stdout
     biases = re.search(r"subspace 'bias\$': (\d+) of (\d+) parameters", proc.stdout)
     assert biases and 0 < int(biases[1]) < int(biases[2]), proc.stdout
     assert re.search(r"cosine_F\(F\^-1 g1, F\^-1 g2\) [+-]\d\.\d{3}", proc.stdout), proc.stdout
     for direction in ("gradient", "random", "natural"):
         assert re.search(rf"step 0\.1 +along {direction} *: reward \d\.\d{{3}} \([+-]\d\.\d{{3}}", proc.stdout), proc.stdout
+
+
+@pytest.mark.slow  # a bench script end to end: half a minute
+def test_study_ascent_measures_the_branched_cfg_free_bf16_estimator():
+    """The estimator make run trains with: E pairwise cosines and the rollouts for SNR 1 from them."""
+    proc = subprocess.run([sys.executable, str(BENCH / "study_ascent.py"), "--prompts", "3", "--group", "4",
+                           "--eval-samples", "1", "--distances", "0.1", "--threads", "1", "--estimates", "3",
+                           "--branch-steps", "0", "1", "--precision", "bfloat16", "--cfg-scale", "0"],
+                          cwd=BENCH.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, f"study_ascent.py failed (exit {proc.returncode}):\n{proc.stdout}"
+    assert re.search(r"CFG 0\.0, noise 3\.0, bfloat16, branched at \[0, 1\] \(window 1\): .*cosine\(g1, g2\)", proc.stdout), proc.stdout
+    assert re.search(r"3 estimates: mean pairwise cosine [+-]\d\.\d{3} \(sd \d\.\d{3} over 3 pairs\)", proc.stdout), proc.stdout
 
 
 def _study(script: str, *args: str) -> str:
