@@ -12,6 +12,7 @@ from PIL import Image
 
 from maskrl.cli import main
 from maskrl.config import ConfigError
+from maskrl.evaluation import eval_protocols
 from maskrl.train_config import TrainConfig, check_train_config, load_train_config
 from maskrl.models import save_policy
 from maskrl.models.showo_t2i import ShowoReleaseDirs, write_release_reference
@@ -149,10 +150,13 @@ def test_a_recipe_names_its_base_and_states_only_what_differs(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in Path("configs").glob("*.yaml") if not p.name.startswith("pretrain")))
 def test_every_recipe_evaluates_with_the_sampling_its_rollouts_use(recipe):
-    """The unmasking schedule is the decision process: a recipe's grids and held-out figures must
-    sample as its rollouts do (the real-model recipes say so with `eval.sampling: ${sampling}`)."""
+    """The unmasking schedule is the decision process: one of a recipe's held-out protocols must
+    sample as its rollouts do (the real-model recipes say so with `eval.sampling: ${sampling}`; the
+    CFG-free ShapesWorld recipes with `eval.cfg_scales: [0.0]` beside the default CFG 3)."""
     cfg = load_train_config(f"configs/{recipe}")
-    assert dataclasses.replace(cfg.eval.sampling, variant=cfg.sampling.variant, micro_batch=cfg.sampling.micro_batch) == cfg.sampling
+    protocols = [dataclasses.replace(s, variant=cfg.sampling.variant, micro_batch=cfg.sampling.micro_batch)
+                 for s in eval_protocols(cfg.eval).values()]
+    assert cfg.sampling in protocols
 
 
 def test_generate_and_eval_a_show_o_release_on_free_text(tmp_path, capsys):
