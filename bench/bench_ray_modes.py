@@ -27,6 +27,7 @@ def run(checkpoint: str, mode: str, args) -> list[dict]:
     cfg = load_config(TrainConfig, "configs/shapes_cpu.yaml", [
         f"checkpoint={checkpoint}", f"out={out}", f"iterations={args.iterations}", f"cluster.mode={mode}",
         f"grpo.prompts_per_iter={args.prompts}", f"grpo.group_size={args.group}", f"sampling.steps={args.steps}",
+        f"grpo.branch.steps={list(range(min(4, args.steps)))}",  # make run's early branch steps, within --steps
         "grpo.min_group_std=-1", "grid_every=0", f"checkpoint_every={args.iterations}",
         "eval.prompts=6", "eval.samples=1", "eval.sampling.steps=2",
     ])

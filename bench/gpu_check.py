@@ -163,7 +163,8 @@ def train_row(device: str) -> list:
     from maskrl.train_config import load_train_config
 
     gpu = 0.25 if device == "cuda" else 0.0
-    quick = [] if device == "cuda" else ["sampling.steps=2", "eval.sampling.steps=2", "grpo.group_size=2"]  # --tiny: seconds
+    quick = [] if device == "cuda" else ["sampling.steps=2", "eval.sampling.steps=2", "grpo.group_size=2",
+                                         "grpo.branch.steps=[0,1]"]  # --tiny: seconds (branch steps within 2)
     with tempfile.TemporaryDirectory() as out:
         cfg = load_train_config("configs/shapes_cpu.yaml", [f"out={out}", "iterations=2", "eval.prompts=12", "eval.samples=1",
                                                              "grpo.prompts_per_iter=4", "grid_every=0", *quick])
