@@ -60,11 +60,12 @@ def rollout_groups(
         sampling = replace(sampling, micro_batch=max(1, sampling.micro_batch // group_size) * group_size)
     rollout = sample(policy, texts, sampling, generator, noise)
     b = len(texts)
-    return TrajectoryBatch(branch_step=branch_step,
+    return TrajectoryBatch(
         prompts=texts, prompt_ids=policy.encode_prompts(texts), prompt_index=index, group_id=index,
         tokens=rollout.tokens, reveal_step=rollout.reveal_step, cutoff=rollout.cutoff,
         behaviour_terms=rollout.behaviour_terms.reshape(b, -1), step_tokens=rollout.step_tokens.reshape(b, -1), reward=torch.full((b,), float("nan")),
         advantage=torch.zeros(b), policy_version=torch.full((b,), version), variant=sampling.variant,
+        branch_step=branch_step,
     )
 
 
