@@ -8,7 +8,8 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from actors.learner import LearnerActor
-from actors.pools import dead_actors, rendezvous_hosts, wait_each
+from actors.pools import CallsTimedOut, dead_actors, rendezvous_hosts, wait_each
+from maskrl.cli import CommandError
 from maskrl.train_config import TrainConfig
 
 
@@ -17,6 +18,11 @@ class LearnerLost(RuntimeError):
     from the last complete checkpoint."""
 
     iteration: int | None = None  # where it happened (set by the driver on the way out)
+
+
+class LearnerSetupTimeout(CommandError, RuntimeError):
+    """The ranks did not all finish set-up in time: a capacity problem to report (`maskrl train`
+    prints it without a traceback), not a lost rank to rebuild."""
 
 
 class LearnerGroup:
@@ -30,12 +36,24 @@ class LearnerGroup:
         self.ranks = [LearnerActor.options(**pool.options(r, share)).remote(r, n, cfg, share.threads, share.gpus > 0) for r in range(n)]
         master, _ = rendezvous_hosts(self._all([r.address.remote() for r in self.ranks]))
         port = self._all([self.ranks[0].free_port.remote(master)])[0]
-        self.info = self._all([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks])
-
-    def _all(self, refs: list) -> list:
+        # bounded: a rank that never joins (an overloaded node, a stuck import) is named, not waited for
+        # forever; the ranks' own rendezvous and collectives give up after the same time
         try:
-            wait_each(refs)
+            self.info = self._all([r.setup.remote(master, port, policy_dir, version, optimizer_dir) for r in self.ranks],
+                                  setup_timeout_s=cfg.cluster.learner.collective_timeout_s)
+        except LearnerSetupTimeout:
+            self.shutdown()  # no half-set-up rank is left holding its pool's CPUs
+            raise
+
+    def _all(self, refs: list, setup_timeout_s: float | None = None) -> list:
+        try:
+            wait_each(refs, setup_timeout_s)
             return ray.get(refs)
+        except CallsTimedOut as err:
+            raise LearnerSetupTimeout(
+                f"learner set-up: ranks {err.pending} had not finished after {setup_timeout_s:g}s "
+                f"(cluster.learner.collective_timeout_s); their logs are in the Ray dashboard. On an overloaded "
+                f"machine, raise that setting or free its CPUs") from err
         except RayActorError as err:
             raise LearnerLost(f"a learner rank is gone: {_first_line(err)}") from err
         except ObjectLostError as err:  # an input batch went with its node; the ranks may now disagree

@@ -7,6 +7,7 @@ message naming it.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import ray
@@ -208,13 +209,26 @@ def first_done(refs: list) -> ray.ObjectRef:
     return done
 
 
-def wait_each(refs: list) -> None:
-    """Wait for every call, raising the first failure as soon as it happens."""
+class CallsTimedOut(TimeoutError):
+    """Calls still running when a bounded `wait_each` gave up; `pending` are their indices."""
+
+    def __init__(self, pending: list[int], timeout_s: float):
+        super().__init__(f"calls {pending} still running after {timeout_s:g}s")
+        self.pending = pending
+
+
+def wait_each(refs: list, timeout_s: float | None = None) -> None:
+    """Wait for every call, raising the first failure as soon as it happens; with `timeout_s`,
+    `CallsTimedOut` naming the calls unfinished once that long has passed in all."""
     pending = list(refs)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while pending:
-        done = first_done(pending)
-        pending.remove(done)
-        ray.get(done)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, _ = ray.wait(pending, num_returns=1, timeout=left)
+        if not done:
+            raise CallsTimedOut([i for i, ref in enumerate(refs) if ref in pending], timeout_s)
+        pending.remove(done[0])
+        ray.get(done[0])
 
 
 def dead_actors(actors: list, timeout_s: float) -> list[int]:

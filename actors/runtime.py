@@ -32,13 +32,19 @@ from maskrl.train_config import ClusterConfig, TrainConfig
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# -- starting Ray on a slow machine ----------------------------------------------------------------
+# -- starting Ray on a slow or busy machine ------------------------------------------------------------
 # Whoever starts a node (`ray start`, ray.init(address="local"), ray.cluster_utils.Cluster) waits for
 # its raylet to register with the GCS, as long as Ray's setting raylet_start_wait_time_s allows
 # (the environment variable below, read by Ray's C++ core in the waiting process). On a loaded
 # 2-core machine the raylet can miss Ray's default ("The current node timed out during startup").
 RAYLET_WAIT_SETTING = "RAY_raylet_start_wait_time_s"
 RAYLET_WAIT_S = 120
+# Ray starts its worker processes at nice 15, so that they yield to its own daemons. maskrl's
+# workers are the job itself: at 15, any other busy process at the default priority takes ~28/29
+# of a shared core from them (two `while True: pass` loops left a learner rank 3% of a core, its
+# set-up unfinished after 15 minutes). At 0 they share fairly; the raylet and GCS stay at 0 too.
+WORKER_NICENESS_SETTING = "RAY_worker_niceness"
+WORKER_NICENESS = 0
 
 
 class RayStartError(CommandError, RuntimeError):
@@ -46,13 +52,14 @@ class RayStartError(CommandError, RuntimeError):
     `maskrl train` prints it without a traceback."""
 
 
-def tolerate_slow_raylet(env=None) -> int:
-    """Set Ray's raylet registration wait to RAYLET_WAIT_S seconds in `env` (default: this
-    process's environment, which the Ray processes it starts inherit) unless the user set it;
-    return the wait in force."""
+def tolerate_loaded_machine(env=None) -> int:
+    """In `env` (default: this process's environment, which the Ray processes it starts inherit),
+    unless the user set them: the raylet's registration wait to RAYLET_WAIT_S seconds, and the
+    workers' nice level to WORKER_NICENESS. Return the registration wait in force."""
     env = os.environ if env is None else env
-    if not str(env.get(RAYLET_WAIT_SETTING, "")).strip():
-        env[RAYLET_WAIT_SETTING] = str(RAYLET_WAIT_S)
+    for setting, value in ((RAYLET_WAIT_SETTING, RAYLET_WAIT_S), (WORKER_NICENESS_SETTING, WORKER_NICENESS)):
+        if not str(env.get(setting, "")).strip():
+            env[setting] = str(value)
     try:
         return int(float(env[RAYLET_WAIT_SETTING]))
     except ValueError:
@@ -85,13 +92,13 @@ def _last_lines(err: BaseException, n: int = 8) -> str:
 
 def start_ray(attempt: Callable[[], T], what: str = "start Ray", undo: Callable[[], None] | None = None) -> T:
     """Return `attempt()` (which starts or joins Ray: ray.init, a ray.cluster_utils.Cluster, a
-    `ray start` subprocess), tolerating a slow machine: with the registration wait raised
-    (`tolerate_slow_raylet`) and, should the attempt fail, one clean retry after stopping what it
-    left: `undo()` (by default ray.shutdown() if the attempt initialised Ray), then every process
+    `ray start` subprocess), tolerating a slow machine: with the registration wait raised and
+    the workers at a fair priority (`tolerate_loaded_machine`) and, should the attempt fail, one
+    clean retry after stopping what it left: `undo()` (by default ray.shutdown() if the attempt initialised Ray), then every process
     started below this one during the attempt (gcs_server, raylet, dashboard, ...). If the retry
     fails too: a RayStartError naming the setting, with both attempts' last lines. Argument errors
     (ValueError, TypeError) are raised at once: a retry cannot help them."""
-    wait = tolerate_slow_raylet()
+    wait = tolerate_loaded_machine()
     failures = []
     for tries in (1, 2):
         before, initialised, t0 = _descendants(), ray.is_initialized(), time.monotonic()

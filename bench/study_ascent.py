@@ -10,6 +10,9 @@ network the estimates agree (each parameter tensor's cosine); `--only REGEX` res
 estimates and the steps to the matching parameters (does a small subspace carry a usable direction?).
 `--metric fisher` sizes every step by the KL it causes in the sampler's token distributions and adds
 the natural gradient F^-1 g (maskrl.grpo.natural): does a step in the policy's own metric ascend?
+`--metric adam` steps as Adam's first update would from the E estimates: every parameter moves by
+`distance` (a learning rate) times mean(g_i) / rms(g_i), so a coordinate the estimates agree on
+moves the full rate and a noisy one little (the raw gradient's length sits in a few tensors).
 `--positive-only` zeroes the negative advantages: are pushes down on below-average samples the damage?
 `--noise-scale` sets the Gumbel noise on the reveal order: is that randomness what drowns the signal?
 `--reward` trains and measures another reward (ShapesEval's pass rate is printed either way): with
@@ -102,6 +105,13 @@ def reward_of(policy, texts: list[str], sampling: SamplingConfig, reward, seed: 
     return reward(grids, texts).scores, np.array(passed, dtype=float)
 
 
+def adam_direction(gs: list[torch.Tensor], eps: float = 1e-12) -> torch.Tensor:
+    """Adam's first step per unit learning rate, with its moments taken over the E estimates:
+    mean(g) / rms(g) elementwise, in [-1, 1] (sign(g) for one estimate)."""
+    g = torch.stack(gs)
+    return g.mean(0) / (g.square().mean(0).sqrt() + eps)
+
+
 def snr_one(cos: float, rollouts: int) -> str:
     """Rollouts one estimate needs for signal as long as noise: E[cos] = s / (s + 1) at signal-to-noise
     power s, which grows as the rollouts; only meaningful where the cosine is clearly positive."""
@@ -136,8 +146,9 @@ def main(argv=None) -> None:
     p.add_argument("--eval-samples", type=int, default=16, help="samples per prompt to measure the reward")
     p.add_argument("--distances", type=float, nargs="+", default=[0.1, 0.3],
                    help="step sizes: L2 lengths of the parameter step, or with --metric fisher the mean KL a position")
-    p.add_argument("--metric", choices=["l2", "fisher"], default="l2",
-                   help="fisher: size steps in the token distributions' KL and add the natural gradient F^-1 g")
+    p.add_argument("--metric", choices=["l2", "fisher", "adam"], default="l2",
+                   help="fisher: size steps in the token distributions' KL and add the natural gradient F^-1 g; "
+                        "adam: distances are learning rates of Adam's first step from the estimates' moments")
     p.add_argument("--fisher-pairs", type=int, default=64, help="(trajectory, step) pairs the Fisher is taken at")
     p.add_argument("--damping", type=float, default=0.1, help="conjugate gradient's damping, relative to F along g")
     p.add_argument("--steps-per-traj", type=int, default=8, help="unmasking steps of each trajectory in the gradient")
@@ -198,6 +209,12 @@ def main(argv=None) -> None:
 
         def step_of(direction, distance):  # sized in the mean per-position KL it causes
             return direction * (distance / kl_length(product, direction)) ** 0.5
+    elif args.metric == "adam":
+        directions["gradient"] = adam_direction(gs)
+        directions["random"] = rand / rand.norm() * directions["gradient"].norm()  # the same L2 as the Adam step
+
+        def step_of(direction, distance):  # `distance` is the learning rate
+            return direction * distance
     else:
         def step_of(direction, distance):  # sized in parameter L2
             return direction / direction.norm() * distance

@@ -182,7 +182,7 @@ def _start_head(env: dict[str, str], timeout: float) -> tuple[str, dict[str, int
 
 @pytest.fixture(scope="module")
 def head():
-    from actors.runtime import RayStartError, start_ray, tolerate_slow_raylet
+    from actors.runtime import RayStartError, start_ray, tolerate_loaded_machine
 
     token = _auth_token() or secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
@@ -195,7 +195,7 @@ def head():
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     )
     # a slow raylet (a loaded machine) is waited for, a failed start retried once on fresh ports
-    wait = tolerate_slow_raylet(env)
+    wait = tolerate_loaded_machine(env)
     tries = []
 
     def attempt():

@@ -14,7 +14,7 @@ import pytest
 import ray
 import torch
 
-from actors.learner_group import LearnerGroup
+from actors.learner_group import LearnerGroup, LearnerSetupTimeout
 from maskrl.seeds import update_seed
 from actors.pools import ResourcePool, pool_layout
 from maskrl.grpo import grpo_update
@@ -91,4 +91,23 @@ def test_two_ranks_match_single_process_update(ray_instance, tmp_path, stage):
         assert diff <= TOLERANCE
     finally:
         learner.shutdown()
+        pool.remove()
+
+
+def test_a_set_up_that_overruns_its_bound_names_the_ranks_and_frees_them(ray_instance, tmp_path):
+    """Learner set-up waits at most `cluster.learner.collective_timeout_s` (on a loaded machine one
+    rank's import can stall): the error names the unfinished ranks and the setting, and no rank is
+    left holding the pool's CPUs (a new group starts in the same pool)."""
+    ckpt = tiny_checkpoint(tmp_path / "tiny")
+    cfg = tiny_config(ckpt, tmp_path / "run")
+    cfg.cluster.learner.collective_timeout_s = 0.5  # importing DeepSpeed alone takes longer
+    specs, shares = pool_layout(cfg.cluster)
+    pool = ResourcePool([s for s in specs if s.name == "learner"][0], timeout_s=60)
+    try:
+        with pytest.raises(LearnerSetupTimeout, match=r"ranks \[0, 1\] had not finished after 0\.5s "
+                                                      r"\(cluster\.learner\.collective_timeout_s\)"):
+            LearnerGroup(pool, shares["learner"], cfg, ckpt, version=0, optimizer_dir=None)
+        cfg.cluster.learner.collective_timeout_s = 600.0
+        LearnerGroup(pool, shares["learner"], cfg, ckpt, version=0, optimizer_dir=None).shutdown()
+    finally:
         pool.remove()

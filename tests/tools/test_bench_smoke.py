@@ -66,6 +66,22 @@ def test_run_all_finds_every_bench_but_not_helpers():
     assert not {"common.py", "reference.py"} & set(names)
 
 
+def test_adam_step_moves_agreed_coordinates_the_full_rate_and_noisy_ones_less():
+    """study_ascent's --metric adam direction: sign(g) for one estimate; over several, mean/rms, so a
+    coordinate whose estimates agree moves the whole rate, one whose estimates cancel does not move."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from study_ascent import adam_direction
+    finally:
+        sys.path.remove(str(BENCH))
+    g = torch.tensor([3e-6, -2.0, 0.0, 0.5])
+    assert torch.allclose(adam_direction([g]), torch.tensor([1.0, -1.0, 0.0, 1.0]))
+    d = adam_direction([torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, -1.0, 0.0])])
+    assert torch.allclose(d, torch.tensor([1.0, 0.0, 1.0 / 2**0.5]))
+
+
 GPU_CHECK_ROWS = ("sampler, batched", "sampler, batch-1 loop", "learner, batched pairs", "learner, one pair at a time",
                   "forward MFU", "VQ decode")  # and peak memory, measured on a GPU only
 
@@ -116,14 +132,17 @@ def test_ascent_study_prints_the_cosine_and_the_steps():
 
 @pytest.mark.slow  # a bench script end to end: half a minute
 def test_study_ascent_measures_the_branched_cfg_free_bf16_estimator():
-    """The estimator make run trains with: E pairwise cosines and the rollouts for SNR 1 from them."""
+    """The estimator make run trains with: E pairwise cosines and the rollouts for SNR 1 from them,
+    and Adam's first step from the estimates' moments (its length: the rate on each moved parameter)."""
     proc = subprocess.run([sys.executable, str(BENCH / "study_ascent.py"), "--prompts", "3", "--group", "4",
-                           "--eval-samples", "1", "--distances", "0.1", "--threads", "1", "--estimates", "3",
-                           "--branch-steps", "0", "1", "--precision", "bfloat16", "--cfg-scale", "0"],
+                           "--eval-samples", "1", "--distances", "0.001", "--threads", "1", "--estimates", "3",
+                           "--branch-steps", "0", "1", "--precision", "bfloat16", "--cfg-scale", "0", "--metric", "adam"],
                           cwd=BENCH.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, f"study_ascent.py failed (exit {proc.returncode}):\n{proc.stdout}"
     assert re.search(r"CFG 0\.0, noise 3\.0, bfloat16, branched at \[0, 1\] \(window 1\): .*cosine\(g1, g2\)", proc.stdout), proc.stdout
     assert re.search(r"3 estimates: mean pairwise cosine [+-]\d\.\d{3} \(sd \d\.\d{3} over 3 pairs\)", proc.stdout), proc.stdout
+    steps = dict(re.findall(r"step 0\.001 +along (gradient|random) *: reward \d\.\d{3} .* L2 (\d+\.\d{3})", proc.stdout))
+    assert set(steps) == {"gradient", "random"} and steps["gradient"] == steps["random"], proc.stdout
 
 
 def _study(script: str, *args: str) -> str:
