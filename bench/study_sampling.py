@@ -12,9 +12,10 @@ import time
 import torch
 
 from maskrl.evaluation import evaluate, held_out_prompts, load_checkpoint
-from maskrl.sampling import SamplingConfig
+from maskrl.sampling import Precision, SamplingConfig
 
-FIELDS = {"steps": int, "cfg_scale": float, "temperature": float, "noise_scale": float, "noise_schedule": str}
+FIELDS = {"steps": int, "cfg_scale": float, "temperature": float, "noise_scale": float, "noise_schedule": str,
+          "precision": Precision}
 
 
 def parse_protocol(text: str) -> SamplingConfig:
@@ -23,7 +24,10 @@ def parse_protocol(text: str) -> SamplingConfig:
         key, _, value = item.partition("=")
         if key not in FIELDS:
             raise SystemExit(f"--protocol: unknown field {key!r}; expected some of {sorted(FIELDS)}")
-        values[key] = FIELDS[key](value)
+        try:
+            values[key] = FIELDS[key](value)
+        except ValueError:
+            raise SystemExit(f"--protocol: {key}={value!r} is not a {FIELDS[key].__name__}") from None
     return SamplingConfig(**values)
 
 

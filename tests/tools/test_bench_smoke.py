@@ -5,6 +5,7 @@ of a tiny bench is dominated by importing torch/transformers, so that is paid on
 failing bench is reported by name with the output so far. The weight-sync bench runs on its
 own with --quick (it starts a Ray instance), and the GPU check with --tiny.
 """
+import importlib
 import os
 import re
 import subprocess
@@ -55,12 +56,17 @@ def test_weights_bench_runs_quick():
         assert re.search(rf"1\.0 MiB +{transport}.* [\d,.]+ +[\d,]+ +\d+%", proc.stdout), f"no {transport} row:\n{proc.stdout}"
 
 
-def test_run_all_finds_every_bench_but_not_helpers():
+def _bench_module(name: str):
+    """A bench script imported as a module (bench/ is not a package)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import run_all
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+def test_run_all_finds_every_bench_but_not_helpers():
+    run_all = _bench_module("run_all")
     names = [p.name for p in run_all.benches()]
     assert set(CASES) <= set(names)
     assert not {"common.py", "reference.py"} & set(names)
@@ -71,15 +77,22 @@ def test_adam_step_moves_agreed_coordinates_the_full_rate_and_noisy_ones_less():
     coordinate whose estimates agree moves the whole rate, one whose estimates cancel does not move."""
     import torch
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        from study_ascent import adam_direction
-    finally:
-        sys.path.remove(str(BENCH))
+    adam_direction = _bench_module("study_ascent").adam_direction
     g = torch.tensor([3e-6, -2.0, 0.0, 0.5])
     assert torch.allclose(adam_direction([g]), torch.tensor([1.0, -1.0, 0.0, 1.0]))
     d = adam_direction([torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, -1.0, 0.0])])
     assert torch.allclose(d, torch.tensor([1.0, 0.0, 1.0 / 2**0.5]))
+
+
+def test_sampling_study_reads_every_protocol_field_and_names_a_bad_one():
+    """The model cards' reproduce lines give precision=bfloat16; a typo is refused by field name."""
+    study = _bench_module("study_sampling")
+    cfg = study.parse_protocol("steps=8,cfg_scale=0,precision=bfloat16")
+    assert (cfg.steps, cfg.cfg_scale, cfg.precision) == (8, 0.0, "bfloat16")
+    with pytest.raises(SystemExit, match="precision='bf' is not a Precision"):
+        study.parse_protocol("precision=bf")
+    with pytest.raises(SystemExit, match="unknown field 'cfg'"):
+        study.parse_protocol("cfg=3")
 
 
 GPU_CHECK_ROWS = ("sampler, batched", "sampler, batch-1 loop", "learner, batched pairs", "learner, one pair at a time",
