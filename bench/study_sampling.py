@@ -12,9 +12,9 @@ import time
 import torch
 
 from maskrl.evaluation import evaluate, held_out_prompts, load_checkpoint
-from maskrl.sampling import Precision, SamplingConfig
+from maskrl.sampling import NoiseSchedule, Precision, SamplingConfig
 
-FIELDS = {"steps": int, "cfg_scale": float, "temperature": float, "noise_scale": float, "noise_schedule": str,
+FIELDS = {"steps": int, "cfg_scale": float, "temperature": float, "noise_scale": float, "noise_schedule": NoiseSchedule,
           "precision": Precision}
 
 

@@ -91,6 +91,8 @@ def test_sampling_study_reads_every_protocol_field_and_names_a_bad_one():
     assert (cfg.steps, cfg.cfg_scale, cfg.precision) == (8, 0.0, "bfloat16")
     with pytest.raises(SystemExit, match="precision='bf' is not a Precision"):
         study.parse_protocol("precision=bf")
+    with pytest.raises(SystemExit, match="noise_schedule='cosine' is not a NoiseSchedule"):
+        study.parse_protocol("noise_schedule=cosine")
     with pytest.raises(SystemExit, match="unknown field 'cfg'"):
         study.parse_protocol("cfg=3")
 
