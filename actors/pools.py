@@ -202,6 +202,16 @@ class WorkerGroup:
         return actor
 
 
+def spread_by_cost(costs: list[float], workers: int) -> list[int]:
+    """A worker for each job, longest first onto the least-loaded worker (LPT): a static split by
+    index leaves the worker with the costlier jobs (a CFG chunk does two forwards an image) last."""
+    load, chosen = [0.0] * workers, [0] * len(costs)
+    for job in sorted(range(len(costs)), key=lambda j: -costs[j]):
+        chosen[job] = min(range(workers), key=load.__getitem__)
+        load[chosen[job]] += costs[job]
+    return chosen
+
+
 def first_done(refs: list) -> ray.ObjectRef:
     """The first of `refs` to finish (a failure included): waiting for calls one at a time in
     completion order surfaces a failure at once, not after calls stuck with a dead peer."""

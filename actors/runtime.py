@@ -18,14 +18,14 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from actors.dispatch import Dispatcher
 from actors.learner_group import LearnerGroup
-from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_layout
+from actors.pools import ResourcePool, WorkerGroup, check_cluster, pool_layout, spread_by_cost
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from actors.runstate import DriverState, EventLog
 from actors.weight_sync import WeightSync
 from maskrl.checkpoints import write_atomically
 from maskrl.cli import CommandError
-from maskrl.evaluation import chunks_of, eval_protocols, flat_metrics, held_out_prompts, summarise
+from maskrl.evaluation import chunk_length, chunks_of, eval_protocols, flat_metrics, held_out_prompts, summarise
 from maskrl.train_config import ClusterConfig, TrainConfig
 
 
@@ -212,7 +212,9 @@ class Runtime:
         version = self.weights.versions.sent
         protocols = {prefix: replace(self.cfg.eval, sampling=s) for prefix, s in eval_protocols(self.cfg.eval).items()}
         prompts = held_out_prompts(self.cfg.eval.prompts, self.cfg.eval.seed)
-        sent = [(prefix, c, self.rollout[c % len(self.rollout)]) for prefix in protocols for c in chunks_of(prompts)]
+        jobs = [(prefix, c) for prefix in protocols for c in chunks_of(prompts)]
+        costs = [chunk_length(prompts, c) * (2 if protocols[prefix].sampling.cfg_scale else 1) for prefix, c in jobs]
+        sent = [(prefix, c, self.rollout[w]) for (prefix, c), w in zip(jobs, spread_by_cost(costs, len(self.rollout)))]
         refs = [actor.eval_chunk.remote(protocols[prefix], c, version) for prefix, c, actor in sent]
         passed = {prefix: [] for prefix in protocols}
         for (prefix, chunk, actor), ref in zip(sent, refs):

@@ -59,6 +59,11 @@ def chunks_of(prompts: list) -> range:
     return range(-(-len(prompts) // CHUNK))
 
 
+def chunk_length(prompts: list, chunk: int) -> int:
+    """Prompts in chunk `chunk` (the last may be short)."""
+    return len(prompts[chunk * CHUNK : (chunk + 1) * CHUNK])
+
+
 def summarise(prompts: list[Prompt], samples: int, passed: list[bool]) -> dict:
     """ShapesEval of prompt-major pass results: the rates, `overall_ci95` and per-category `ci95`
     (95% intervals, maskrl.world.intervals), the image counts."""

@@ -83,6 +83,21 @@ def noise_at(step: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return cfg.noise_scale * decay.to(step.device)[step.long()]
 
 
+def distinct_rows(text_ids: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each distinct (prompt, state) pair, in order; each row's pair among them).
+
+    The policy's logits are a function of a row's prompt and state alone, so equal rows are computed
+    once: a branched group shares its state up to its branch step (16 rows, one forward), a
+    prompt's samples share the all-mask state at step 0, and the learner scores a group's branch
+    step on one state. Indexing the result back gives each row its logits and, in the learner, sums
+    the rows' gradients into the one computation."""
+    distinct, inverse = torch.unique(torch.cat([text_ids, state], dim=1), dim=0, return_inverse=True)
+    rows = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((len(distinct),), len(rows), device=inverse.device).scatter_reduce(0, inverse, rows, "amin")
+    order = first.argsort()  # keep the rows' own order
+    return first[order], order.argsort()[inverse]
+
+
 def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cfg: SamplingConfig) -> torch.Tensor:
     """(B, N, K) log-probs of the step's token distribution (CFG and temperature applied).
 
@@ -92,9 +107,10 @@ def step_logprobs(policy: MaskedPolicy, text_ids, null_ids, state, attn_mask, cf
     device = next(policy.parameters()).device.type
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.precision == Precision.bfloat16)
 
-    def forward(*inputs):
+    def forward(ids, state, mask):
+        first, inverse = distinct_rows(ids, state)
         with autocast:
-            return policy(*inputs).float()
+            return policy(ids[first], state[first], None if mask is None else mask[first]).float()[inverse]
 
     if guided and has_lora(policy) and policy.lora.base_unconditional:
         cond_mask, uncond_mask = attn_mask.chunk(2) if attn_mask is not None else (None, None)

@@ -10,7 +10,7 @@ from maskrl.config import ConfigError
 from maskrl.grpo import GRPOConfig, grpo_update, score_pairs
 from maskrl.grpo import objective
 from maskrl.iteration import PromptStream, rollout_groups
-from maskrl.sampling import SamplingConfig, sample
+from maskrl.sampling import SamplingConfig, distinct_rows, sample
 from maskrl.train_config import load_train_config
 from maskrl.trajectory import TrajectoryBatch
 from maskrl.transition import VARIANTS
@@ -125,10 +125,63 @@ def test_bad_branch_settings_are_refused_naming_the_key():
         load_train_config(None, ["grpo.branch.enabled=true", "grpo.branch.window=0"])
 
 
+def test_distinct_rows_indexes_each_row_to_its_first_equal():
+    text = torch.tensor([[1], [2], [1], [3], [2]])
+    state = torch.tensor([[0, 1], [0, 1], [0, 1], [5, 5], [0, 1]])
+    first, inverse = distinct_rows(text, state)
+    assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2, 1]
+
+
+class RowCounter:
+    """Wraps a policy's forward to record how many rows each call computes."""
+
+    def __init__(self, policy, monkeypatch):
+        self.calls, real = [], policy.forward
+
+        def forward(text_ids, state, mask=None):
+            self.calls.append(len(text_ids))
+            return real(text_ids, state, mask)
+
+        monkeypatch.setattr(policy, "forward", forward)
+
+
+def test_a_branched_group_computes_its_shared_steps_once(tiny_policy, monkeypatch):
+    rows = RowCounter(tiny_policy, monkeypatch)
+    branched(tiny_policy, steps=(2,), group=4, prompts=2)  # both groups in one micro-batch
+    assert rows.calls[:3] == [2, 2, 2]  # steps 0..2: one state a group (step 2 draws per member)
+    assert rows.calls[3] > 2 and len(rows.calls) == STEPS  # after the branch the members differ
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
+def test_the_learner_scores_a_shared_state_once_with_the_brute_force_gradient(tiny_policy, monkeypatch, cfg_scale):
+    """A group's branch pairs share one state: scored in one row, their log-probs and the gradient
+    of any weighting of them equal those of each pair scored alone."""
+    batch, sampling = branched(tiny_policy, steps=(1,), group=4, prompts=2, cfg_scale=cfg_scale)
+    traj, step = branch_pairs(batch.branch_step, 1)
+    weights = torch.linspace(-1, 2, len(traj))
+    params = [p for p in tiny_policy.parameters() if p.requires_grad]
+
+    def scored(pairs):
+        terms, _ = score_pairs(tiny_policy, batch, traj[pairs], step[pairs], sampling)
+        return terms.sum(dim=1)
+
+    rows = RowCounter(tiny_policy, monkeypatch)
+    together = scored(torch.arange(len(traj)))
+    assert rows.calls == [2 * (2 if cfg_scale else 1)]  # one state a group (and its unconditional row)
+    grads = torch.autograd.grad((together * weights).sum(), params)
+    alone = [scored(torch.tensor([i])) for i in range(len(traj))]
+    brute = torch.autograd.grad(sum(a.sum() * w for a, w in zip(alone, weights)), params)
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=0)
+    for g, b in zip(grads, brute):
+        torch.testing.assert_close(g, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("branch", [False, True])
 @pytest.mark.parametrize("variant", ["candidate1", "candidate2"])
-def test_bf16_recorded_and_recomputed_logprobs_agree_exactly(tiny_policy, variant):
+def test_bf16_recorded_and_recomputed_logprobs_agree_exactly(tiny_policy, variant, branch):
     sampling = SamplingConfig(steps=STEPS, variant=variant, precision="bfloat16", cfg_scale=2.0)
-    batch = rollout_groups(tiny_policy, PromptStream(1).take(2), 2, sampling, torch.Generator().manual_seed(0), 0)
+    branching = BranchConfig(enabled=branch, steps=[2])
+    batch = rollout_groups(tiny_policy, PromptStream(1).take(2), 2, sampling, torch.Generator().manual_seed(0), 0, branching)
     traj = torch.arange(len(batch)).repeat_interleave(STEPS)
     step = torch.arange(STEPS).repeat(len(batch))
     with torch.no_grad():

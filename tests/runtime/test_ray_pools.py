@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.pools import COLOCATED, PoolError, PoolSpec, check_capacity, pool_layout, rendezvous_hosts
+from actors.pools import COLOCATED, PoolError, PoolSpec, check_capacity, pool_layout, rendezvous_hosts, spread_by_cost
 from actors.weights import bucket_layout
 from maskrl.config import ConfigError, check_choices
 from maskrl.iteration import PromptStream, check_groups, rollout_groups
@@ -65,6 +65,17 @@ def test_impossible_pool_is_named():
 def test_rendezvous_is_loopback_on_one_node():
     assert rendezvous_hosts([("n1", "10.0.0.1"), ("n1", "10.0.0.1")]) == ("127.0.0.1", ["127.0.0.1"] * 2)
     assert rendezvous_hosts([("n1", "10.0.0.1"), ("n2", "10.0.0.2")]) == ("10.0.0.1", ["10.0.0.1", "10.0.0.2"])
+
+
+def test_evaluation_chunks_are_spread_by_cost_not_by_index():
+    """make run's held-out set: 7 chunks of 32 prompts and one of 16, at CFG 3 (two forwards an
+    image) and CFG 0. By index one worker got 384 units and the other 336; by cost 368 and 352."""
+    costs = [64] * 7 + [32] + [32] * 7 + [16]
+    chosen = spread_by_cost(costs, 2)
+    loads = [sum(c for c, w in zip(costs, chosen) if w == k) for k in range(2)]
+    assert sorted(loads) == [352, 368]
+    assert spread_by_cost([5, 1, 1, 1, 1, 1], 2) == [0, 1, 1, 1, 1, 1]  # the long job alone on a worker
+    assert spread_by_cost([], 3) == []
 
 
 def test_bucket_layout_respects_size_and_dtype():
