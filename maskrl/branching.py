@@ -6,7 +6,8 @@ a prompt share everything but a window of `window` steps starting at a branch st
 once per group.
 
 - Before t_b every member uses the group's shared random numbers, so the members walk the same
-  states (the prefix is drawn once in effect: same prompt, same state, same numbers);
+  states (same prompt, same state, same numbers): the sampler computes those steps once for the
+  group, and the learner its branch step once (maskrl.sampling.distinct_rows);
 - at steps t_b .. t_b + window - 1 each member draws its own numbers (its token uniforms and
   its Gumbel reveal-order noise): the group branches there;
 - after the window every member uses the group's shared numbers again (common random numbers),
