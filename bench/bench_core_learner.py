@@ -21,9 +21,9 @@ from dataclasses import replace
 
 import torch
 
-from common import base_parser, interleave, rate_table, sampling_config, setup
+from common import base_parser, interleave, learner_minibatch, rate_table, sampling_config, setup
 from reference import guided_logits, reference_group, reference_lists, reference_logprob, reference_per_pair
-from maskrl.grpo import GRPOConfig, grpo_loss, minibatch_size, sample_steps
+from maskrl.grpo import GRPOConfig, sample_steps
 from maskrl.iteration import PromptStream, rollout_groups
 from maskrl.sampling import SamplingConfig
 
@@ -74,9 +74,7 @@ def main(argv=None) -> None:
     policy.train()
 
     def batched():
-        policy.zero_grad(set_to_none=True)
-        loss, _ = grpo_loss(policy, None, batch, traj, step, grpo, sampling, minibatch_size(batch, traj, step, sampling))
-        loss.backward()
+        learner_minibatch(policy, batch, traj, step, grpo, sampling)
 
     def per_pair():
         policy.zero_grad(set_to_none=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from common import base_parser, interleave, prompts, rate_table, sampling_config, setup
-from maskrl.grpo import GRPOConfig, grpo_loss, minibatch_size, sample_steps
+from common import (base_parser, interleave, learner_minibatch, prompts, rate_table, rollout_learner_ratio,
+                    sampling_config, setup)
+from maskrl.grpo import GRPOConfig, sample_steps
 from maskrl.iteration import PromptStream, rollout_groups
 from maskrl.sampling import Precision, sample
 
@@ -51,17 +52,12 @@ def main(argv=None) -> None:
     policy.train()
 
     def learner(cfg):
-        def run():
-            policy.zero_grad(set_to_none=True)
-            loss, _ = grpo_loss(policy, None, batch, traj, step, grpo, cfg, minibatch_size(batch, traj, step, cfg))
-            loss.backward()
-        return run
+        return lambda: learner_minibatch(policy, batch, traj, step, grpo, cfg)
 
     times = interleave({k: learner(c) for k, c in configs.items()}, args.repeats)
     pairs = rate_table(times, dict.fromkeys(configs, len(traj)), "pairs", "float32",
                        "learner, forward + backward (median of interleaved repeats)")
-    print(f"\nbf16 / fp32: rollouts/s {rollout['bfloat16'] / rollout['float32']:.2f}x, "
-          f"learner pairs/s {pairs['bfloat16'] / pairs['float32']:.2f}x")
+    rollout_learner_ratio("bf16 / fp32", rollout, pairs, "bfloat16", "float32")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch
 
+from maskrl.grpo import grpo_loss, minibatch_size
 from maskrl.models import ShowoConfig, ShowoPolicy, save_policy
 from maskrl.train_config import TrainConfig
 
@@ -87,6 +88,13 @@ def prompts(n: int, seed: int = 0) -> list[str]:
     return [p for _, p in PromptStream(seed).take(n)]
 
 
+def learner_minibatch(policy, batch, traj, step, grpo, sampling) -> None:
+    """What the learner does for one minibatch of (trajectory, step) pairs: the GRPO loss, backward."""
+    policy.zero_grad(set_to_none=True)
+    loss, _ = grpo_loss(policy, None, batch, traj, step, grpo, sampling, minibatch_size(batch, traj, step, sampling))
+    loss.backward()
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -134,6 +142,11 @@ def rate_table(times: dict[str, list[float]], work: dict[str, int], unit: str, b
 
 
 # -- the Ray benches ------------------------------------------------------------------------------
+def rollout_learner_ratio(label: str, rollouts: dict[str, float], pairs: dict[str, float], new: str, old: str) -> None:
+    """The ratio line of a bench that measures the sampler and the learner: new / old rates."""
+    print(f"\n{label}: rollouts/s {rollouts[new] / rollouts[old]:.2f}x, learner pairs/s {pairs[new] / pairs[old]:.2f}x")
+
+
 def start_ray(num_cpus: int | None = None):
     import ray
 

@@ -119,7 +119,11 @@ class ShowoPolicy(PhiPolicy):
         return torch.cat([text_ids, soi, image_state.long() + self.code_offset, eoi], dim=1)
 
     def attention_mask(self, text_ids: torch.Tensor) -> torch.Tensor:
-        """Omni-attention as a (B, 1, L, L) boolean mask (True = may attend)."""
+        """Omni-attention as an additive (B, 1, L, L) float32 mask (0 = may attend, -inf = may not).
+
+        Additive, not boolean: SDPA turns a boolean mask into this one in every layer of every
+        forward (a sampler builds the mask once per batch); float32 serves bf16 queries too, with
+        the same attention output bit for bit."""
         length, dev = self.seq_len, text_ids.device
         pos = torch.arange(length, device=dev)
         causal = pos[None, :] <= pos[:, None]
@@ -129,7 +133,7 @@ class ShowoPolicy(PhiPolicy):
         key_ok[:, : self.text_slots] = text_ids != self.tokenizer.pad_token_id
         mask = allowed[None] & key_ok[:, None, :]
         mask |= torch.eye(length, dtype=torch.bool, device=dev)[None]  # pad rows attend to themselves
-        return mask[:, None]
+        return torch.zeros(mask.shape, device=dev).masked_fill_(~mask, float("-inf"))[:, None]
 
     def hidden_states(self, text_ids: torch.Tensor, image_state: torch.Tensor, attn_mask: torch.Tensor | None = None):
         """(B, L, hidden) final hidden states of the whole T2I sequence."""

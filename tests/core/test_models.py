@@ -75,6 +75,19 @@ def test_padding_is_never_attended(tiny_policy):
     torch.testing.assert_close(before, after, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_additive_mask_gives_the_boolean_masks_logits_bit_for_bit(tiny_policy, bf16):
+    """The mask is additive (SDPA would convert a boolean one in every layer); 0 exactly where the
+    omni-attention allows, and the logits equal the boolean mask's in fp32 and under bf16 autocast."""
+    text = tiny_policy.encode_prompts(["a circle", "a circle to the left of a square"])
+    mask = tiny_policy.attention_mask(text)
+    assert mask.dtype == torch.float32 and set(mask.unique().tolist()) == {0.0, float("-inf")}
+    state = torch.randint(0, 8, (2, 256), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        additive, boolean = tiny_policy(text, state, mask), tiny_policy(text, state, mask == 0)
+    assert torch.equal(additive, boolean)
+
+
 def test_save_load_round_trips_bit_exactly(tiny_policy, tmp_path):
     save_policy(tiny_policy, tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")

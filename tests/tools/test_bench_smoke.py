@@ -1,6 +1,6 @@
 """Smoke test of the core benchmarks: each runs on a tiny model, exits 0 and prints its ratio line.
 
-All five run in one subprocess, one after the other, through their `main(argv)`: the cost
+All six run in one subprocess, one after the other, through their `main(argv)`: the cost
 of a tiny bench is dominated by importing torch/transformers, so that is paid once. A
 failing bench is reported by name with the output so far. The weight-sync bench runs on its
 own with --quick (it starts a Ray instance), and the GPU check with --tiny.
@@ -23,6 +23,8 @@ CASES = {
     "bench_core_bytes.py": ([], r"compaction \(reference pickled torch / arrow IPC, full record\): [\d.]+x"),
     "bench_core_mfu.py": (["--matmul-size", "128", "--peak-repeats", "1"], r"MFU \(sampler, median of rounds\): [\d.]+%"),
     "bench_core_precision.py": (["--pairs", "4"], r"bf16 / fp32: rollouts/s [\d.]+x, learner pairs/s [\d.]+x"),
+    "bench_core_branching.py": (["--groups", "2", "--branch-steps", "0", "1"],
+                                r"shared / every row: rollouts/s [\d.]+x, learner pairs/s [\d.]+x"),
 }
 
 
