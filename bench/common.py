@@ -141,12 +141,12 @@ def rate_table(times: dict[str, list[float]], work: dict[str, int], unit: str, b
     return rate
 
 
-# -- the Ray benches ------------------------------------------------------------------------------
 def rollout_learner_ratio(label: str, rollouts: dict[str, float], pairs: dict[str, float], new: str, old: str) -> None:
     """The ratio line of a bench that measures the sampler and the learner: new / old rates."""
     print(f"\n{label}: rollouts/s {rollouts[new] / rollouts[old]:.2f}x, learner pairs/s {pairs[new] / pairs[old]:.2f}x")
 
 
+# -- the Ray benches ------------------------------------------------------------------------------
 def start_ray(num_cpus: int | None = None):
     import ray
 
