@@ -10,12 +10,14 @@ export DS_ACCELERATOR := cpu
 
 .PHONY: install run test test-slow bench gpu-check gpu-learn clean
 
-# -qq: pip's errors only (the machine's extra indexes make pip warn about every project they lack)
+# -qq: pip's errors only (the machine's extra indexes make pip warn about every project they lack).
+# --no-compile: Python compiles a module's bytecode when it is first imported, so only what maskrl
+# imports is compiled, not all of torch's CUDA build (measured: install 1 min 36 s -> 44 s).
 $(STAMP): setup.cfg pyproject.toml
 	@echo "maskrl: installing into $(VENV) (first time, or after setup.cfg changed: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -qq --upgrade pip
-	@$(PY) -m pip install -qq -e '.[test]'
+	@$(PY) -m pip install -qq --no-compile -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

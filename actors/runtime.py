@@ -4,7 +4,6 @@ passes object refs only; a dead rollout or reward worker is replaced in its bund
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 import logging
 import os
 import time
@@ -210,10 +209,10 @@ class Runtime:
         a chunk whose worker died or held other weights is redone on worker 0."""
         self.weights.deliver()
         version = self.weights.versions.sent
-        protocols = {prefix: replace(self.cfg.eval, sampling=s) for prefix, s in eval_protocols(self.cfg.eval).items()}
-        prompts = held_out_prompts(self.cfg.eval.prompts, self.cfg.eval.seed)
-        jobs = [(prefix, c) for prefix in protocols for c in chunks_of(prompts)]
-        costs = [chunk_length(prompts, c) * (2 if protocols[prefix].sampling.cfg_scale else 1) for prefix, c in jobs]
+        protocols = eval_protocols(self.cfg.eval)
+        prompts = {prefix: held_out_prompts(p.prompts, p.seed) for prefix, p in protocols.items()}
+        jobs = [(prefix, c) for prefix in protocols for c in chunks_of(prompts[prefix])]
+        costs = [chunk_length(prompts[prefix], c) * (2 if protocols[prefix].sampling.cfg_scale else 1) for prefix, c in jobs]
         sent = [(prefix, c, self.rollout[w]) for (prefix, c), w in zip(jobs, spread_by_cost(costs, len(self.rollout)))]
         refs = [actor.eval_chunk.remote(protocols[prefix], c, version) for prefix, c, actor in sent]
         passed = {prefix: [] for prefix in protocols}
@@ -225,7 +224,7 @@ class Runtime:
                     self.recover(self.rollout, chunk % len(self.rollout), actor)
                 passed[prefix] += self._on_worker0("eval_chunk", protocols[prefix], chunk, self.weights.versions.sent)
         return {k: v for prefix, e in protocols.items()
-                for k, v in flat_metrics(summarise(prompts, e.samples, passed[prefix]), prefix).items()}
+                for k, v in flat_metrics(summarise(prompts[prefix], e.samples, passed[prefix]), prefix).items()}
 
     def sample_grid(self, prompts: list[str], samples: int) -> np.ndarray:
         e = self.cfg.eval

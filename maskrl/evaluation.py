@@ -90,16 +90,18 @@ def flat_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:
     return out | {f"{prefix}images": float(result["images"])}
 
 
-def eval_protocols(e) -> dict[str, SamplingConfig]:
-    """metric prefix -> sampling of every protocol an `EvalConfig` asks for: `eval/` is
-    `e.sampling`, and each of `e.cfg_scales` adds `eval/cfg{s}/` (e.g. a CFG-free policy at CFG 0,
-    the policy as trained, beside the default CFG 3)."""
-    extra = {f"eval/cfg{s:g}/": replace(e.sampling, cfg_scale=float(s)) for s in e.cfg_scales}
-    return {"eval/": e.sampling, **extra}
+def eval_protocols(e) -> dict:
+    """metric prefix -> the `EvalConfig` each protocol runs: `eval/` is `e` itself, and each of
+    `e.cfg_scales` adds `eval/cfg{s}/`, `e.sampling` at guidance s on the first `e.extra_prompts`
+    prompts of the same held-out sample (all `e.prompts` when 0 or more), e.g. a CFG-free policy
+    as trained, or the default CFG 3 beside it."""
+    extra = replace(e, prompts=min(e.extra_prompts or e.prompts, e.prompts), cfg_scales=[], extra_prompts=0)
+    return {"eval/": e, **{f"eval/cfg{s:g}/": replace(extra, sampling=replace(e.sampling, cfg_scale=float(s)))
+                           for s in e.cfg_scales}}
 
 
 def eval_metrics(policy: ShowoPolicy, e) -> dict[str, float]:
     """Held-out ShapesEval of `policy` under an `EvalConfig` `e`, every protocol, as flat metrics."""
-    prompts = held_out_prompts(e.prompts, e.seed)
-    return {k: v for prefix, sampling in eval_protocols(e).items()
-            for k, v in flat_metrics(evaluate(policy, prompts, e.samples, sampling, seed=e.seed), prefix).items()}
+    return {k: v for prefix, p in eval_protocols(e).items()
+            for k, v in flat_metrics(evaluate(policy, held_out_prompts(p.prompts, p.seed), p.samples, p.sampling, seed=p.seed),
+                                     prefix).items()}

@@ -24,6 +24,9 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=evaluation_sampling)
     # more guidance scales to evaluate at, beside `sampling`'s (metrics `eval/cfg{s}/...`)
     cfg_scales: list[float] = field(default_factory=list)
+    # at most this many prompts at the `cfg_scales` protocols, the first of the same held-out
+    # sample (0: all `prompts`): a second protocol for comparison costs less time on a CPU
+    extra_prompts: int = 0
 
 
 @dataclass
@@ -70,6 +73,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     except ValueError as err:
         raise ConfigError(f"config key 'grpo.branch': {err}") from None
     check_run_model(cfg)
+    if cfg.eval.extra_prompts < 0:
+        raise ConfigError(f"config key 'eval.extra_prompts': must be 0 (all eval.prompts) or a prompt count, got {cfg.eval.extra_prompts}")
     if cfg.prompt_pool < 0:
         raise ConfigError(f"config key 'prompt_pool': must be 0 (the endless stream) or a prompt count, got {cfg.prompt_pool}")
     try:

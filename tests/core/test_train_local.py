@@ -36,7 +36,7 @@ def test_short_mask_grpo_run_updates_the_policy_and_reports(tmp_path):
 
 def test_branched_cfg_free_bf16_run_is_bit_reproducible_and_reports_both_protocols(tmp_path):
     """The learning recipe's levers together: branched groups, CFG-free rollouts, bf16 autocast."""
-    recipe = ["iterations=2", "eval.prompts=6", "eval.samples=1", "eval.cfg_scales=[0]", "grid_every=0",
+    recipe = ["iterations=2", "eval.prompts=6", "eval.samples=1", "eval.cfg_scales=[3]", "eval.extra_prompts=4", "grid_every=0",
               "grpo.prompts_per_iter=2", "grpo.group_size=4", "grpo.branch.enabled=true", "grpo.branch.steps=[0,1]",
               "sampling.cfg_scale=0", "sampling.precision=bfloat16", "grpo.lr=1e-3", "track_kl=false", "threads=1"]
     weights = []
@@ -48,4 +48,4 @@ def test_branched_cfg_free_bf16_run_is_bit_reproducible_and_reports_both_protoco
     assert any(not torch.equal(weights[0][k], base[k]) for k in base)
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     for part in ("base", "final"):
-        assert summary[part]["eval/images"] == 6 and summary[part]["eval/cfg0/images"] == 6
+        assert summary[part]["eval/images"] == 6 and summary[part]["eval/cfg3/images"] == 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import ray
@@ -215,12 +216,13 @@ def test_seeded_sync_run_reproduces_the_run_recorded_before_the_actors_split(ray
 
 def test_branched_cfg_free_bf16_run_trains_the_branch_steps_and_evaluates_both_protocols(ray_instance, ckpt, tmp_path):
     """The learning recipe's levers on the pools: branch_step crosses the Arrow exchange to the learner,
-    which trains one pair a trajectory (window 1), and held-out ShapesEval runs at CFG 0 beside the default."""
+    which trains one pair a trajectory (window 1), and held-out ShapesEval runs at CFG 0 beside the default,
+    on the first `eval.extra_prompts` prompts of the same sample (the single-process figures of those)."""
     cfg = tiny_config(ckpt, tmp_path / "branched")
     cfg.iterations = 2
     cfg.grpo.branch.enabled, cfg.grpo.branch.steps = True, [0, 1]
     cfg.sampling.cfg_scale, cfg.sampling.precision = 0.0, "bfloat16"
-    cfg.eval.cfg_scales = [0.0]
+    cfg.eval.cfg_scales, cfg.eval.extra_prompts = [0.0], 8
     cfg.reward.name = "shapes_foreground"  # a reward a random tiny policy's groups spread on
     result = train(cfg)
     rows = iterations(result.run)
@@ -228,4 +230,7 @@ def test_branched_cfg_free_bf16_run_trains_the_branch_steps_and_evaluates_both_p
     for m in rows:  # one branch step a trajectory, not steps_per_traj
         assert m["loss/pairs"] == m["groups/kept"] * cfg.grpo.group_size
     for part in (result.base, result.final):
-        assert part["eval/images"] == part["eval/cfg0/images"] == 40
+        assert part["eval/images"] == 40 and part["eval/cfg0/images"] == 8
+    e = cfg.eval
+    at_cfg0 = evaluate(load_checkpoint(ckpt), held_out_prompts(8, e.seed), e.samples, replace(e.sampling, cfg_scale=0.0), e.seed)
+    assert {k: result.base[k] for k in flat_metrics(at_cfg0, "eval/cfg0/")} == pytest.approx(flat_metrics(at_cfg0, "eval/cfg0/"))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskrl.cli import main
 from maskrl.config import ConfigError
-from maskrl.evaluation import eval_protocols
+from maskrl.evaluation import eval_protocols, held_out_prompts
 from maskrl.train_config import TrainConfig, check_train_config, load_train_config
 from maskrl.models import save_policy
 from maskrl.models.showo_t2i import ShowoReleaseDirs, write_release_reference
@@ -148,14 +148,27 @@ def test_a_recipe_names_its_base_and_states_only_what_differs(tmp_path):
         load_train_config(tmp_path / "c.yaml")
 
 
+def test_the_comparison_protocol_takes_the_first_prompts_of_the_same_held_out_sample():
+    """make run's CFG 3 figure is measured on the first eval.extra_prompts of the sample its CFG 0
+    figure uses; a smaller eval.prompts caps it; a negative count is refused, naming the key."""
+    e = load_train_config("configs/shapes_cpu.yaml").eval
+    protocols = eval_protocols(e)
+    assert {k: (p.prompts, p.sampling.cfg_scale) for k, p in protocols.items()} == {"eval/": (240, 0.0), "eval/cfg3/": (120, 3.0)}
+    assert [p.text for p in held_out_prompts(120, e.seed)] == [p.text for p in held_out_prompts(240, e.seed)[:120]]
+    assert eval_protocols(dataclasses.replace(e, prompts=40))["eval/cfg3/"].prompts == 40
+    assert eval_protocols(dataclasses.replace(e, extra_prompts=0))["eval/cfg3/"].prompts == 240
+    with pytest.raises(ConfigError, match="'eval.extra_prompts': must be 0"):
+        load_train_config("configs/shapes_cpu.yaml", ["eval.extra_prompts=-1"])
+
+
 @pytest.mark.parametrize("recipe", sorted(p.name for p in Path("configs").glob("*.yaml") if not p.name.startswith("pretrain")))
 def test_every_recipe_evaluates_with_the_sampling_its_rollouts_use(recipe):
     """The unmasking schedule is the decision process: one of a recipe's held-out protocols must
     sample as its rollouts do (the real-model recipes say so with `eval.sampling: ${sampling}`; the
-    CFG-free ShapesWorld recipes with `eval.cfg_scales: [0.0]` beside the default CFG 3)."""
+    CFG-free ShapesWorld recipes evaluate at CFG 0, with `eval.cfg_scales: [3.0]` beside it)."""
     cfg = load_train_config(f"configs/{recipe}")
     protocols = [dataclasses.replace(s, variant=cfg.sampling.variant, micro_batch=cfg.sampling.micro_batch)
-                 for s in eval_protocols(cfg.eval).values()]
+                 for s in (e.sampling for e in eval_protocols(cfg.eval).values())]
     assert cfg.sampling in protocols
 
 
