@@ -93,7 +93,7 @@ def flat_metrics(result: dict, prefix: str = "eval/") -> dict[str, float]:
 def eval_protocols(e) -> dict:
     """metric prefix -> the `EvalConfig` each protocol runs: `eval/` is `e` itself, and each of
     `e.cfg_scales` adds `eval/cfg{s}/`, `e.sampling` at guidance s on the first `e.extra_prompts`
-    prompts of the same held-out sample (all `e.prompts` when 0 or more), e.g. a CFG-free policy
+    prompts of the same held-out sample (all `e.prompts` when it is 0 or larger), e.g. a CFG-free policy
     as trained, or the default CFG 3 beside it."""
     extra = replace(e, prompts=min(e.extra_prompts or e.prompts, e.prompts), cfg_scales=[], extra_prompts=0)
     return {"eval/": e, **{f"eval/cfg{s:g}/": replace(extra, sampling=replace(e.sampling, cfg_scale=float(s)))
