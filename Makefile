@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install run test test-slow bench gpu-check gpu-learn clean
 
 # -qq: pip's errors only (the machine's extra indexes make pip warn about every project they lack).
 # --no-compile: Python compiles a module's bytecode when it is first imported, so only what maskrl
-# imports is compiled, not all of torch's CUDA build (measured: install 1 min 36 s -> 44 s).
+# imports is compiled, not all of torch's CUDA build (measured: install 1 min 36 s -> 44 s). That
+# needs bytecode to be written: an environment with PYTHONDONTWRITEBYTECODE set would recompile
+# torch in every process (every Ray worker, every test), so it is unset for what make runs.
 $(STAMP): setup.cfg pyproject.toml
 	@echo "maskrl: installing into $(VENV) (first time, or after setup.cfg changed: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
