@@ -167,8 +167,8 @@ def test_every_recipe_evaluates_with_the_sampling_its_rollouts_use(recipe):
     sample as its rollouts do (the real-model recipes say so with `eval.sampling: ${sampling}`; the
     CFG-free ShapesWorld recipes evaluate at CFG 0, with `eval.cfg_scales: [3.0]` beside it)."""
     cfg = load_train_config(f"configs/{recipe}")
-    protocols = [dataclasses.replace(s, variant=cfg.sampling.variant, micro_batch=cfg.sampling.micro_batch)
-                 for s in (e.sampling for e in eval_protocols(cfg.eval).values())]
+    protocols = [dataclasses.replace(e.sampling, variant=cfg.sampling.variant, micro_batch=cfg.sampling.micro_batch)
+                 for e in eval_protocols(cfg.eval).values()]
     assert cfg.sampling in protocols
 
 
